@@ -1,0 +1,173 @@
+"""`curate`: run stages and pipelines, list stages, and inspect runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Optional
+
+import pyarrow.compute as pc
+import typer
+from omegaconf import OmegaConf
+
+from curation import manifest as mf
+from curation.config import ConfigError, compose, pipelines, stage_defaults
+from curation.runinfo import count_outcomes
+from curation.stage import registry
+from curation.summary import console, outcome_table
+
+app = typer.Typer(
+    help="curate: turn raw videos, image pairs and edit triplets into WebDataset training shards.\n\n"
+    "Every stage reads and writes Parquet manifests (one row per sample, with lineage, scores and drop "
+    "reasons) under a run directory; reruns resume where a run stopped.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RUN_HELP = """Run one stage or a whole pipeline. Arguments are `key=value` overrides:
+
+\b
+  curate run pipeline=sessions input=examples/media output=runs/demo
+  curate run stage=scene_split input=runs/demo/01-ingest output=runs/demo scene_split.detector=adaptive
+  curate run stage=ingest input='videos/**/*.mp4' output=runs/x cluster.address=auto
+
+\b
+Run keys: stage, pipeline, input, output, retry_errors, progress, cluster.address, cluster.num_cpus.
+Stage keys: <stage>.<option>, e.g. sample_frames.interval_s=2 (see `curate stages`).
+Unknown keys are errors. The resolved config and the git SHA go into each stage's _run.json.
+Rerunning the same command skips finished fragments; retry_errors=true redoes only error rows."""
+
+
+@app.command(help=RUN_HELP, context_settings={"allow_extra_args": True})
+def run(
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides", show_default=False),
+    print_config: bool = typer.Option(False, "--print-config", help="print the resolved config and exit"),
+) -> None:
+    from curation.runner import run as run_config
+
+    try:
+        cfg = compose(overrides or [])
+    except (ConfigError, KeyError) as e:
+        console.print(f"[red]config error:[/red] {e}")
+        raise typer.Exit(2)
+    if print_config:
+        typer.echo(OmegaConf.to_yaml(cfg))
+        return
+    try:
+        run_config(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+
+
+@app.command()
+def stages(name: Optional[str] = typer.Argument(None, help="show only this stage")) -> None:
+    """List stages with their one-line docs and options (defaults from curation/config/stage/*.yaml)."""
+    for stage_name, cls in registry().items():
+        if name and stage_name != name:
+            continue
+        defaults = OmegaConf.to_container(stage_defaults(stage_name), resolve=True)
+        typer.secho(f"{stage_name}  (v{cls.version})", bold=True)
+        typer.echo(f"    {cls.summary()}")
+        for field_name, info in cls.model_fields.items():
+            value = json.dumps(defaults.get(field_name)) if field_name in defaults else "(required)"
+            typer.echo(f"    {stage_name}.{field_name} = {value}")
+            if info.description:
+                typer.echo(f"        {info.description}")
+        typer.echo("")
+    typer.secho("pipelines", bold=True)
+    for pipe_name, path in pipelines().items():
+        stages_list = OmegaConf.load(path).get("stages", [])
+        typer.echo(f"    {pipe_name}: {' -> '.join(stages_list)}")
+
+
+def _stage_dirs(run_dir: str) -> list[str]:
+    from curation.runner import stage_dirs
+
+    dirs = stage_dirs(run_dir)
+    if not dirs:
+        console.print(f"[red]error:[/red] {run_dir} holds no stage outputs (NN-<stage>/ directories)")
+        raise typer.Exit(2)
+    return dirs
+
+
+@app.command()
+def status(run_dir: str = typer.Argument(..., help="a run directory (the output= of `curate run`)")) -> None:
+    """Per-stage counts by status and by drop/error reason, with wall time and throughput."""
+    rows = []
+    for d in _stage_dirs(run_dir):
+        stage_dir = mf.join(run_dir, d)
+        counts = count_outcomes(stage_dir)
+        run_json = mf.join(stage_dir, "_run.json")
+        info: dict[str, Any] = mf.read_json(run_json) if mf.exists(run_json) else {}
+        label = d if info else f"{d} (incomplete)"
+        rows.append((label, counts, {"processed": info.get("processed_total", ""), "wall_s": info.get("wall_s"),
+                                     "samples_per_s": info.get("samples_per_s")}))
+    console.print(outcome_table(f"run {run_dir}", rows))
+
+
+def _printable(row: dict[str, Any]) -> dict[str, Any]:
+    """Binary columns (frames, masks) are shown as sizes, long lists are shortened."""
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, bytes):
+            out[key] = f"<{len(value)} bytes>"
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            out[key] = [f"<{len(v)} bytes>" for v in value]
+        elif isinstance(value, list) and len(value) > 12:
+            out[key] = value[:6] + [f"... {len(value) - 6} more"]
+        else:
+            out[key] = value
+    return out
+
+
+def _find(run_dir: str, dirs: list[str], sample_id: str) -> tuple[str, dict[str, Any]] | None:
+    """The newest stage row for `sample_id` (also looks at the ingest source listing)."""
+    for d in reversed(dirs):
+        for where in (mf.join(run_dir, d), mf.join(run_dir, d, "_input")):
+            if not mf.list_files(where, prefix="part-", suffix=".parquet"):
+                continue
+            table = mf.read_table(where, filter=pc.field("sample_id") == sample_id)
+            if table.num_rows:
+                return (d if where.endswith(d) else f"{d}/_input"), table.to_pylist()[-1]
+    return None
+
+
+@app.command()
+def show(
+    run_dir: str = typer.Argument(..., help="a run directory"),
+    sample_id: str = typer.Argument(..., help="the sample_id to show"),
+) -> None:
+    """Show a sample's newest row and its lineage back to the source file."""
+    dirs = _stage_dirs(run_dir)
+    found = _find(run_dir, dirs, sample_id)
+    if found is None:
+        console.print(f"[red]error:[/red] sample {sample_id} is in no manifest under {run_dir}")
+        raise typer.Exit(1)
+    where, row = found
+    typer.secho(f"{sample_id} in {where}", bold=True)
+    typer.echo(json.dumps(_printable(row), indent=2, default=str))
+    typer.secho("lineage", bold=True)
+    depth, frontier = 0, row.get("parent_ids") or []
+    typer.echo(f"  {row['kind']} {sample_id} [{where}] {row['status']}" + (f" ({row['reason']})" if row.get("reason") else ""))
+    while frontier:
+        depth += 1
+        next_frontier = []
+        for parent_id in frontier:
+            parent = _find(run_dir, dirs, parent_id)
+            if parent is None:
+                typer.echo(f"  {'  ' * depth}<- {parent_id} (not in this run)")
+                continue
+            pwhere, prow = parent
+            typer.echo(f"  {'  ' * depth}<- {prow['kind']} {parent_id} [{pwhere}] {prow['status']}  {prow['source_uri']}")
+            next_frontier.extend(prow.get("parent_ids") or [])
+        frontier = next_frontier
+
+
+def main() -> None:  # pragma: no cover - console entry
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

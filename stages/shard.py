@@ -1,0 +1,199 @@
+"""shard: write the manifest's ok samples as WebDataset tars, with per-shard stats and a byte-offset index."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter, defaultdict
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, Field
+
+from curation import manifest as mf
+from curation.runinfo import config_hash
+from curation.runner import MAX_WORKER_RESTARTS
+from curation.shards import SHARD_SCHEMA_VERSION, bucket_key, sample_members, tar_size, write_tar
+from curation.stage import SinkResult, SinkStage
+
+PLAN = "_plan.parquet"
+
+
+class ShardColumns(BaseModel):
+    shard: str | None = Field(None, description="tar file (relative to the shards dir) holding the sample")
+    shard_offset: int | None = Field(None, description="byte offset of the sample's first tar header")
+    shard_bytes: int | None = Field(None, description="bytes the sample's members span in the tar")
+
+
+class Shard(SinkStage):
+    """Write ok samples to WebDataset tars rolled by size and count, plus index.parquet and _dataset.json."""
+
+    name: ClassVar[str] = "shard"
+    version: ClassVar[str] = "1"
+    Columns: ClassVar[type[BaseModel]] = ShardColumns
+
+    output_dir: str | None = Field(description="where the tars go; null means <run dir>/shards")
+    split: str = Field(description="split name in shard file names (<split>-000000.tar)")
+    max_count: int = Field(gt=0, description="start a new shard after this many samples")
+    max_bytes: int = Field(gt=0, description="start a new shard before it would exceed this size (bytes)")
+    bucket: bool = Field(description="group shards by resolution/aspect/frame-count bucket: shards/<bucket>/...")
+
+    # ---- planning --------------------------------------------------------------------------
+    def plan(self, input_uri: str) -> pa.Table:
+        """Deterministic sample -> shard assignment, in manifest order, rolled by count and size."""
+        rows: list[dict[str, Any]] = []
+        for part in mf.list_files(input_uri, prefix="part-", suffix=".parquet"):
+            table = mf.read_table(part)
+            table = table.filter(pc.equal(table.column("status"), "ok"))
+            for row in table.to_pylist():
+                try:
+                    size = tar_size(sample_members(row))
+                except ValueError:
+                    size = 0  # reported as an error row when the shard is written
+                rows.append({"sample_id": row["sample_id"], "part": part, "bucket": bucket_key(row) if self.bucket else "",
+                             "bytes": size})
+        counters: dict[str, tuple[int, int, int]] = {}  # bucket -> (shard number, count, bytes)
+        for row in rows:
+            number, count, size = counters.get(row["bucket"], (0, 0, 0))
+            if count and (count >= self.max_count or size + row["bytes"] > self.max_bytes):
+                number, count, size = number + 1, 0, 0
+            counters[row["bucket"]] = (number, count + 1, size + row["bytes"])
+            prefix = f"{row['bucket']}/" if row["bucket"] else ""
+            row["shard"] = f"{prefix}{self.split}-{number:06d}.tar"
+        schema = pa.schema([("sample_id", pa.string()), ("part", pa.string()), ("bucket", pa.string()),
+                            ("bytes", pa.int64()), ("shard", pa.string())])
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    # ---- one shard (runs as a Ray task) ----------------------------------------------------
+    def write_shard(self, shard: str, plan: pa.Table, shards_dir: str, stage_dir: str) -> dict[str, Any]:
+        wanted = plan.filter(pc.equal(plan.column("shard"), shard))
+        order = {sid: i for i, sid in enumerate(wanted.column("sample_id").to_pylist())}
+        rows: list[dict[str, Any]] = []
+        for part in sorted(set(wanted.column("part").to_pylist())):
+            table = mf.read_table(part, filter=pc.field("sample_id").isin(list(order)))
+            rows.extend(table.to_pylist())
+        rows.sort(key=lambda r: order[r["sample_id"]])
+
+        samples, bad = [], []
+        for row in rows:
+            try:
+                samples.append((row["sample_id"], sample_members(row)))
+            except ValueError as e:
+                bad.append(self.error_row(row, f"unshardable: {e}"))
+        tar_uri = mf.join(shards_dir, shard)
+        fs, tar_path = mf.resolve(tar_uri)
+        local = isinstance(fs, mf.pafs.LocalFileSystem)
+        tmp_path = (os.path.dirname(tar_path) if local else "/tmp") + f"/.tmp-{os.getpid()}-{os.path.basename(shard)}"
+        os.makedirs(os.path.dirname(tmp_path), exist_ok=True)
+        index = write_tar(tmp_path, samples)
+        if local:
+            os.replace(tmp_path, tar_path)
+        else:
+            with open(tmp_path, "rb") as f:
+                mf.write_bytes_atomic(tar_uri, f.read())
+            os.remove(tmp_path)
+        tar_bytes = fs.get_file_info(tar_path).size
+        by_sample = {key: (offset, span) for key, offset, span in index}
+
+        kinds = Counter(r["kind"] for r in rows if r["sample_id"] in by_sample)
+        stats = {"shard": shard, "samples": len(index), "bytes": tar_bytes, "by_kind": dict(kinds), "errors": len(bad)}
+        mf.write_json_atomic(tar_uri[: -len(".tar")] + ".stats.json", stats)
+        mf.write_table_atomic(
+            pa.table({"sample_id": [k for k, _, _ in index], "shard": [shard] * len(index),
+                      "offset": pa.array([o for _, o, _ in index], pa.int64()),
+                      "length": pa.array([s for _, _, s in index], pa.int64()),
+                      "kind": [r["kind"] for r in rows if r["sample_id"] in by_sample]}),
+            mf.join(shards_dir, "_index", shard.replace("/", "__") + ".parquet"),
+        )
+        out_rows = []
+        for row in rows:
+            if row["sample_id"] not in by_sample:
+                continue
+            offset, span = by_sample[row["sample_id"]]
+            light = {k: v for k, v in row.items() if not _is_media(v)}
+            light.update(stage=self.name, stage_version=self.version, shard=shard, shard_offset=offset, shard_bytes=span)
+            out_rows.append(light)
+        out_rows.extend({k: v for k, v in r.items() if not _is_media(v)} for r in bad)
+        schema = self.output_schema(_light_schema(mf.read_table(wanted.column("part")[0].as_py()).schema))
+        # The manifest part is written last: it is the shard's completion marker.
+        mf.write_table_atomic(mf.rows_to_table(out_rows, schema), mf.join(stage_dir, f"part-{shard.replace('/', '__')}.parquet"))
+        return stats
+
+    # ---- the sink --------------------------------------------------------------------------
+    def run_sink(self, input_dir: str, stage_dir: str, cfg: Any) -> SinkResult:
+        import ray.data
+        from tqdm.auto import tqdm
+
+        if input_dir is None:
+            raise ValueError("shard needs input=<manifest dir> (e.g. the sample_frames output)")
+        run_dir = stage_dir.rsplit("/", 1)[0]
+        shards_dir = self.output_dir or mf.join(run_dir, "shards")
+        plan_uri = mf.join(stage_dir, PLAN)
+        plan = self.plan(input_dir)
+        if mf.exists(plan_uri):
+            saved = mf.read_table(plan_uri)
+            if saved.column("sample_id").to_pylist() != plan.column("sample_id").to_pylist() or \
+                    saved.column("shard").to_pylist() != plan.column("shard").to_pylist():
+                raise ValueError(f"{stage_dir} was sharded from different input or settings; "
+                                 "write to a new output= run dir or delete that stage dir")
+        else:
+            mf.write_table_atomic(plan, plan_uri)
+
+        all_shards = sorted(set(plan.column("shard").to_pylist()))
+        todo = [s for s in all_shards
+                if not mf.exists(mf.join(stage_dir, f"part-{s.replace('/', '__')}.parquet"))]
+        if todo:
+            ray.data.DataContext.get_current().enable_progress_bars = False
+
+            def write(batch: dict[str, Any]) -> dict[str, Any]:
+                samples = [self.write_shard(s, plan, shards_dir, stage_dir)["samples"] for s in batch["shard"]]
+                return {"shard": batch["shard"], "samples": samples}
+
+            with warnings.catch_warnings():  # see runner.MAX_WORKER_RESTARTS
+                warnings.simplefilter("ignore", DeprecationWarning)
+                jobs = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo)).map_batches(
+                    write, batch_size=1, num_cpus=self.resources.num_cpus, max_retries=MAX_WORKER_RESTARTS)
+            with tqdm(total=len(todo), desc="shard", unit="shard", disable=not cfg.progress) as bar:
+                for _ in jobs.iter_rows():
+                    bar.update(1)
+        self._write_dataset_card(shards_dir, all_shards, cfg)
+        processed = plan.filter(pc.is_in(plan.column("shard"), value_set=pa.array(todo, pa.string()))).num_rows
+        return SinkResult(processed=processed, skipped=len(all_shards) - len(todo), done=len(todo),
+                          extra={"shards_dir": shards_dir, "num_shards": len(all_shards)})
+
+    def _write_dataset_card(self, shards_dir: str, shards: list[str], cfg: Any) -> None:
+        """Merge per-shard index parts into index.parquet and write _dataset.json."""
+        from omegaconf import OmegaConf
+
+        parts = [mf.read_table(mf.join(shards_dir, "_index", s.replace("/", "__") + ".parquet")) for s in shards]
+        index = pa.concat_tables(parts) if parts else pa.table({"sample_id": pa.array([], pa.string())})
+        mf.write_table_atomic(index, mf.join(shards_dir, "index.parquet"))
+        per_shard = [mf.read_json(mf.join(shards_dir, s[: -len(".tar")] + ".stats.json")) for s in shards]
+        by_kind: Counter[str] = Counter()
+        buckets: dict[str, int] = defaultdict(int)
+        for stats, name in zip(per_shard, shards):
+            by_kind.update(stats["by_kind"])
+            buckets[name.rsplit("/", 1)[0] if "/" in name else ""] += stats["samples"]
+        mf.write_json_atomic(mf.join(shards_dir, "_dataset.json"), {
+            "schema_version": SHARD_SCHEMA_VERSION,
+            "format": "webdataset",
+            "split": self.split,
+            "num_samples": sum(s["samples"] for s in per_shard),
+            "num_shards": len(shards),
+            "counts_by_kind": dict(by_kind),
+            "buckets": dict(buckets) if self.bucket else {},
+            "shards": per_shard,
+            "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
+            "members": "json, txt (instruction), frame_<i>.jpg (+ turns.json) for sessions; see DESIGN.md §5",
+        })
+
+
+def _is_media(value: Any) -> bool:
+    return isinstance(value, (bytes, bytearray)) or (isinstance(value, list) and bool(value) and isinstance(value[0], bytes))
+
+
+def _light_schema(schema: pa.Schema) -> pa.Schema:
+    """The input schema without media columns: the shards hold the bytes, the manifest the facts."""
+    heavy = (pa.binary(), pa.large_binary(), pa.list_(pa.binary()), pa.large_list(pa.binary()))
+    return pa.schema([f for f in schema if f.type not in heavy])

@@ -1,0 +1,34 @@
+"""Shared fixtures: one local Ray runtime per test session, and the shared real media when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MEDIA = Path(os.environ.get("CURATE_SHARED_MEDIA", REPO.parent / "shared" / "media"))
+EXAMPLES = REPO / "examples" / "media"
+
+
+def shared_media() -> Path:
+    """The team's real test footage (../shared/media); tests that need it skip when it is absent."""
+    if not (SHARED_MEDIA / "videos").is_dir():
+        pytest.skip(f"real test media not found at {SHARED_MEDIA} (set CURATE_SHARED_MEDIA)")
+    return SHARED_MEDIA
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray runtime shared by the tests that run stages through Ray (starting one costs seconds)."""
+    import ray
+
+    from omegaconf import OmegaConf
+
+    from curation.config import CONFIG_DIR
+    from curation.ray_env import init_ray
+
+    init_ray(OmegaConf.load(CONFIG_DIR / "run.yaml").cluster)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,236 @@
+"""End to end through the `curate` CLI and local Ray on real media: the sessions pipeline, the three
+shard readers, SIGKILL + resume, bad input, and a loopback Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+
+from curation import manifest as mf
+
+from conftest import EXAMPLES, REPO, shared_media
+
+pytestmark = pytest.mark.slow
+CURATE = [sys.executable, "-m", "curation.cli"]
+
+
+def curate(*args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*CURATE, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"curate {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def ids_by_stage(run_dir: Path) -> dict[str, list[str]]:
+    out = {}
+    for d in sorted(p.name for p in run_dir.iterdir() if p.is_dir() and p.name[:2].isdigit()):
+        out[d] = sorted(mf.read_table(str(run_dir / d), columns=["sample_id"]).column("sample_id").to_pylist())
+    return out
+
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("example") / "run"
+    curate("run", "pipeline=sessions", f"input={REPO / 'manifests' / 'examples.jsonl'}", f"output={run_dir}")
+    return run_dir
+
+
+def test_sessions_pipeline_writes_manifests_shards_and_run_records(example_run):
+    stages = [p.name for p in sorted(example_run.iterdir()) if p.is_dir()]
+    assert stages[:4] == ["01-ingest", "02-scene_split", "03-sample_frames", "04-shard"]
+    for d in stages[:4]:
+        record = json.loads((example_run / d / "_run.json").read_text())
+        assert record["config"]["pipeline"] == "sessions" and record["config_hash"] and "git_sha" in record
+        assert record["counts"]["total"] >= 1 and record["stage_version"]
+    videos = mf.read_table(str(example_run / "01-ingest"))
+    assert videos.num_rows == 3 and set(videos.column("status").to_pylist()) == {"ok"}
+    assert set(videos.column("license").to_pylist()) == {"PySceneDetect-resources", "CC-BY-4.0"}  # carried from the source manifest
+    clips = mf.read_table(str(example_run / "02-scene_split"))
+    ok_clips = clips.filter(pc.equal(clips.column("status"), "ok"))
+    assert ok_clips.num_rows >= 4  # testvideo has 3 content shots, the Intel clips one each
+    sessions = mf.read_table(str(example_run / "03-sample_frames"))
+    ok_sessions = sessions.filter(pc.equal(sessions.column("status"), "ok"))
+    assert ok_sessions.num_rows >= 4
+    for row in ok_sessions.to_pylist():
+        assert 2 <= len(row["frames"]) == len(row["frame_indices"])
+        assert row["start_frame"] <= min(row["frame_indices"]) and max(row["frame_indices"]) < row["end_frame"]
+    card = json.loads((example_run / "shards" / "_dataset.json").read_text())
+    assert card["num_samples"] == ok_sessions.num_rows == card["counts_by_kind"]["session"]
+
+
+def test_three_readers_open_the_example_shards_without_our_code(example_run):
+    import datasets
+    import ray.data
+    import webdataset as wds
+
+    card = json.loads((example_run / "shards" / "_dataset.json").read_text())
+    total = 0
+    for bucket, count in card["buckets"].items():
+        urls = sorted(str(p) for p in (example_run / "shards" / bucket).glob("*.tar"))
+        frames = int(bucket.rsplit("_f", 1)[1])
+        samples = list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8"))
+        assert len(samples) == count
+        assert all(s[f"frame_{frames - 1}.jpg"].ndim == 3 and s["json"]["kind"] == "session" for s in samples)
+        assert ray.data.read_webdataset(urls).count() == count
+        hf = datasets.load_dataset("webdataset", data_files={"train": urls}, split="train",
+                                   cache_dir=str(example_run.parent / "hf-cache"))
+        assert hf.num_rows == count
+        total += count
+    assert total == card["num_samples"]
+
+
+def test_status_and_show_report_counts_and_lineage(example_run):
+    status = curate("status", str(example_run))
+    for d in ("01-ingest", "02-scene_split", "03-sample_frames", "04-shard"):
+        assert d in status.stderr + status.stdout
+    shard_rows = mf.read_table(str(example_run / "04-shard")).to_pylist()
+    sample_id = shard_rows[0]["sample_id"]
+    shown = curate("show", str(example_run), sample_id).stdout
+    assert sample_id in shown and "lineage" in shown
+    # session <- clip <- video <- source: every hop is printed with its stage directory
+    for where in ("02-scene_split", "01-ingest", "01-ingest/_input"):
+        assert f"[{where}]" in shown
+    missing = curate("show", str(example_run), "nope", check=False)
+    assert missing.returncode == 1 and "nope" in missing.stderr
+
+
+def test_help_for_every_command():
+    for args in (["--help"], ["run", "--help"], ["stages", "--help"], ["status", "--help"], ["show", "--help"]):
+        out = curate(*args).stdout
+        assert "Usage" in out
+    listing = curate("stages").stdout
+    for name in ("ingest", "scene_split", "sample_frames", "shard", "sessions:"):
+        assert name in listing
+    bad = curate("run", "stage=shard", "shard.max_cnt=3", check=False)
+    assert bad.returncode == 2 and "max_cnt" in bad.stderr
+
+
+def test_bad_inputs_become_error_rows_and_the_run_completes(tmp_path):
+    import badmedia
+
+    shared_media()
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    makers = (badmedia.empty_mp4, badmedia.truncated_mp4, badmedia.random_bytes_mp4, badmedia.text_mp4,
+              badmedia.directory_mp4, badmedia.audio_only_mp4, badmedia.png_bomb)
+    made = [make(bad_dir) for make in makers]
+    assert len({p.name for p in made}) == len(makers)
+    good = shared_media() / "videos" / "pyscenedetect" / "issue-236-split-copy.mkv"
+    shutil.copy(good, bad_dir / "good.mkv")
+    run_dir = tmp_path / "run"
+    proc = curate("run", "stage=ingest", f"input={bad_dir}", f"output={run_dir}")
+    table = mf.read_table(str(run_dir / "01-ingest")).to_pylist()
+    by_name = {Path(r["source_uri"]).name: r for r in table}
+    assert by_name["good.mkv"]["status"] == "ok"
+    errors = [r for r in table if r["status"] == "error"]
+    assert len(table) == len(makers) + 1 and len(errors) == len(makers)
+    assert all(r["reason"] and len(r["reason"]) > 8 for r in errors), errors
+    record = json.loads((run_dir / "01-ingest" / "_run.json").read_text())
+    assert sum(record["counts"]["error"].values()) == len(errors)
+    assert "error" in proc.stderr.lower()  # the summary table shows the errors
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigkill_mid_stage_then_rerun_gives_exactly_the_uninterrupted_ids(tmp_path):
+    media = shared_media() / "videos"
+    src = tmp_path / "src"
+    src.mkdir()
+    names = ("pyscenedetect/issue-236-split-copy.mkv", "pyscenedetect/goldeneye-vfr-drop3.mp4",
+             "pyscenedetect/issue-134-rotate.mp4", "intel-sample-videos/car-detection.mp4")
+    for name in names:
+        shutil.copy(media / name, src / Path(name).name)
+    # One video per fragment, and the slower TransNetV2 detector, so fragments finish one by one.
+    args = ["run", "pipeline=sessions", f"input={src}", "ingest.fragment_size=1", "progress=false",
+            "scene_split.detector=transnetv2"]
+
+    reference = tmp_path / "reference"
+    curate(*args, f"output={reference}")
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([*CURATE, *args, f"output={run_dir}"], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stage_dirs = [run_dir / "02-scene_split", run_dir / "03-sample_frames"]
+
+    def partly_done() -> Path | None:
+        for d in stage_dirs:
+            done = len(list(d.glob("part-*.parquet"))) if d.is_dir() else 0
+            if 1 <= done < len(names):
+                return d
+        return None
+
+    assert _kill_when(proc, lambda: partly_done() is not None), "the run finished before it could be killed"
+    killed_dir = partly_done()
+    assert killed_dir is not None
+    done_before = {p.name: p.stat().st_mtime_ns for p in killed_dir.glob("part-*.parquet")}
+
+    curate(*args, f"output={run_dir}")
+    assert ids_by_stage(run_dir) == ids_by_stage(reference)
+    for d in ids_by_stage(run_dir):
+        ids = mf.read_table(str(run_dir / d), columns=["sample_id"]).column("sample_id").to_pylist()
+        assert len(ids) == len(set(ids)), f"{d} holds duplicate samples"
+    after = {p.name: p.stat().st_mtime_ns for p in killed_dir.glob("part-*.parquet")}
+    assert all(after[name] == mtime for name, mtime in done_before.items())  # finished fragments not recomputed
+    record = json.loads((killed_dir / "_run.json").read_text())
+    assert record["fragments"]["skipped_complete"] == len(done_before)
+    assert record["fragments"]["done_this_run"] == len(names) - len(done_before)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_loopback_cluster_gives_the_same_output_as_local_ray(tmp_path):
+    ray_bin = Path(sys.executable).parent / "ray"
+    port = _free_port()
+    env = dict(os.environ, RAY_ADDRESS="")
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={tmp_path / 'ray'}"],
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+    )
+    try:
+        address = f"127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            probe = subprocess.run([str(ray_bin), "status", f"--address={address}"], capture_output=True, env=env)
+            if probe.returncode == 0:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("ray start --head did not come up on loopback")
+        src = EXAMPLES / "intel-sample-videos"
+        local_dir, cluster_dir = tmp_path / "local", tmp_path / "cluster"
+        for out, extra in ((local_dir, []), (cluster_dir, [f"cluster.address={address}"])):
+            curate("run", "stage=ingest", f"input={src}", f"output={out}", *extra)
+            curate("run", "stage=scene_split", f"output={out}", *extra)
+        for d in ("01-ingest", "02-scene_split"):
+            a = mf.read_table(str(local_dir / d)).to_pylist()
+            b = mf.read_table(str(cluster_dir / d)).to_pylist()
+            assert a == b
+        record = json.loads((cluster_dir / "02-scene_split" / "_run.json").read_text())
+        assert record["config"]["cluster"]["address"] == address
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
