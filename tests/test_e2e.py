@@ -24,8 +24,8 @@ pytestmark = pytest.mark.slow
 CURATE = [sys.executable, "-m", "curation.cli"]
 
 
-def curate(*args: str, timeout: int = 600, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*CURATE, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+def curate(*args: str, timeout: int = 600, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*CURATE, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"curate {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
     return proc
@@ -202,12 +202,17 @@ def _free_port() -> int:
 
 
 def test_loopback_cluster_gives_the_same_output_as_local_ray(tmp_path):
+    import secrets
+    import tempfile
+
     ray_bin = Path(sys.executable).parent / "ray"
     port = _free_port()
-    env = dict(os.environ, RAY_ADDRESS="")
+    # Ray 2.60 enables token auth; the head and every driver share the token through the environment.
+    env = dict(os.environ, RAY_ADDRESS="", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's unix socket paths have a length limit
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={tmp_path / 'ray'}"],
+         "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp_dir}"],
         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
     )
     try:
@@ -222,9 +227,9 @@ def test_loopback_cluster_gives_the_same_output_as_local_ray(tmp_path):
             pytest.fail("ray start --head did not come up on loopback")
         src = EXAMPLES / "intel-sample-videos"
         local_dir, cluster_dir = tmp_path / "local", tmp_path / "cluster"
-        for out, extra in ((local_dir, []), (cluster_dir, [f"cluster.address={address}"])):
-            curate("run", "stage=ingest", f"input={src}", f"output={out}", *extra)
-            curate("run", "stage=scene_split", f"output={out}", *extra)
+        for out, extra, run_env in ((local_dir, [], None), (cluster_dir, [f"cluster.address={address}"], env)):
+            curate("run", "stage=ingest", f"input={src}", f"output={out}", *extra, env=run_env)
+            curate("run", "stage=scene_split", f"output={out}", *extra, env=run_env)
         for d in ("01-ingest", "02-scene_split"):
             a = mf.read_table(str(local_dir / d)).to_pylist()
             b = mf.read_table(str(cluster_dir / d)).to_pylist()
@@ -234,3 +239,4 @@ def test_loopback_cluster_gives_the_same_output_as_local_ray(tmp_path):
     finally:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
