@@ -25,5 +25,3 @@ def init_ray(cluster: DictConfig) -> None:
     else:
         # A laptop run serves nobody else: keep every Ray endpoint on loopback.
         ray.init(num_cpus=cluster.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **kwargs)
-    # Ray Data announces every execution at INFO; our progress bar and summary say what matters.
-    logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -11,6 +11,7 @@ because sample ids are deterministic, never duplicates a sample.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -217,6 +218,8 @@ def run_map_stage(stage: Stage, fragments: list[Fragment], progress: bool) -> in
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours (per sample) is the one users read
     ctx.verbose_stats_logs = False
+    # Ray Data announces every execution at INFO (and resets its logger when first imported).
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
     res = stage.resources
     index_ds = ray.data.from_items([{"index": f.index} for f in fragments], override_num_blocks=len(fragments))

@@ -10,6 +10,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDIA = Path(os.environ.get("CURATE_SHARED_MEDIA", REPO.parent / "shared" / "media"))
 EXAMPLES = REPO / "examples" / "media"
+# Every video under ../shared/media/videos, relative to it (ground_truth.json names them the same way).
+SHARED_VIDEOS = [
+    "pyscenedetect/testvideo.mp4",
+    "pyscenedetect/goldeneye-vfr-drop3.mp4",
+    "pyscenedetect/issue-134-rotate.mp4",
+    "pyscenedetect/issue-195-aspect-ratio.mp4",
+    "pyscenedetect/issue-236-split-copy.mkv",
+    "intel-sample-videos/car-detection.mp4",
+    "intel-sample-videos/bottle-detection.mp4",
+    "imageio/cockatoo.mp4",
+]
 
 
 def shared_media() -> Path:

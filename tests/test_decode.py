@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import trickymedia
-from conftest import shared_media
+from conftest import SHARED_VIDEOS, shared_media
 from curation.media.decode import _LATE, _Run, decode_video, iter_frames, read_frames
 from curation.stage import StageError
 
@@ -58,19 +58,9 @@ def assert_same(expected: dict[int, np.ndarray], indices: list[int], got: list[n
         assert np.array_equal(image, expected[index]), f"frame {index} differs from the sequential decode"
 
 
-REAL = [
-    "pyscenedetect/testvideo.mp4",
-    "pyscenedetect/goldeneye-vfr-drop3.mp4",
-    "pyscenedetect/issue-134-rotate.mp4",
-    "pyscenedetect/issue-195-aspect-ratio.mp4",
-    "pyscenedetect/issue-236-split-copy.mkv",
-    "intel-sample-videos/car-detection.mp4",
-    "intel-sample-videos/bottle-detection.mp4",
-    "imageio/cockatoo.mp4",
-]
 
 
-@pytest.mark.parametrize("name", REAL)
+@pytest.mark.parametrize("name", SHARED_VIDEOS)
 def test_read_frames_is_pixel_equal_to_sequential_decode(name, caplog):
     video = videos()[name]
     path = video_path(name)

@@ -8,7 +8,7 @@ import fsspec
 import pytest
 
 from badmedia import BAD_MEDIA
-from conftest import shared_media
+from conftest import SHARED_VIDEOS, shared_media
 from curation.media.probe import probe_video
 from curation.stage import StageError
 
@@ -20,19 +20,9 @@ def truth() -> dict[str, dict]:
     return {v["file"]: v for v in json.loads((media / "ground_truth.json").read_text())["videos"]}
 
 
-VIDEOS = [
-    "pyscenedetect/testvideo.mp4",
-    "pyscenedetect/goldeneye-vfr-drop3.mp4",
-    "pyscenedetect/issue-134-rotate.mp4",
-    "pyscenedetect/issue-195-aspect-ratio.mp4",
-    "pyscenedetect/issue-236-split-copy.mkv",
-    "intel-sample-videos/car-detection.mp4",
-    "intel-sample-videos/bottle-detection.mp4",
-    "imageio/cockatoo.mp4",
-]
 
 
-@pytest.mark.parametrize("name", VIDEOS)
+@pytest.mark.parametrize("name", SHARED_VIDEOS)
 def test_frame_count_matches_sequential_decode_and_only_the_drop_file_is_vfr(name):
     video = truth()[name]
     info = probe_video(str(shared_media() / "videos" / name), MAX_PIXELS)
