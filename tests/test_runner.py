@@ -113,3 +113,30 @@ def test_fragment_with_no_ok_rows_is_still_completed(tmp_path, ray_with_test_sta
     assert run_map_stage(SplitByName(), todo, progress=False) == 0
     table = mf.read_table(str(tmp_path / "out"))
     assert table.num_rows == 0 and "piece" in table.column_names
+
+
+class CrashOnce(SplitByName):
+    """Kills its own worker process the first time it sees a batch (like a segfaulting decoder)."""
+
+    name: ClassVar[str] = "crash_once"
+    marker: str
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import os
+        from pathlib import Path
+
+        if not Path(self.marker).exists():
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)
+        return super().__call__(batch)
+
+
+def test_a_crashed_worker_is_restarted_and_its_batch_retried(tmp_path, ray_with_test_stage):
+    inputs = _write_inputs(tmp_path, [["a", "two"], ["c"]])
+    todo, _ = plan_fragments(inputs, str(tmp_path / "out"), retry_errors=False)
+    marker = tmp_path / "crashed"
+    assert run_map_stage(CrashOnce(marker=str(marker)), todo, progress=False) == 3
+    assert marker.exists()  # the first worker really died
+    table = mf.read_table(str(tmp_path / "out"))
+    assert table.column("source_uri").to_pylist() == ["a", "two", "two", "c"]
+    assert set(table.column("status").to_pylist()) == {"ok"}
