@@ -28,8 +28,9 @@ from curation.config import build_stage
 from curation.ray_env import init_ray
 from curation.runinfo import RunRecord, count_outcomes
 from curation.sources import list_sources, persist_fragments
-from curation.stage import SinkStage, Stage
+from curation.stage import Resources, SinkStage, Stage
 
+log = logging.getLogger(__name__)
 FRAG, ROW, SEQ = "_frag", "_row", "_seq"
 MAX_WORKER_RESTARTS = 3
 
@@ -209,6 +210,28 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, dynamic_ncols=True)
 
 
+READ_TASK_CPUS = 0.25  # each fragment-reading task; actors must leave at least this much free
+
+
+def fit_to_cluster(name: str, res: Resources, cluster_cpus: float | None = None) -> Resources:
+    """Shrink the actor pool so it never holds every CPU: Ray Data's read tasks would then never
+    be scheduled and the job would hang (seen on 2-core machines). Warns when it changes anything."""
+    import ray
+
+    total = cluster_cpus if cluster_cpus is not None else ray.cluster_resources().get("CPU", 0.0)
+    spare = total - READ_TASK_CPUS
+    if res.num_cpus > spare:
+        raise ValueError(f"stage {name}: one worker asks for num_cpus={res.num_cpus} but the cluster has {total:g} "
+                         f"CPUs and reading input needs {READ_TASK_CPUS}; lower {name}.resources.num_cpus")
+    fit = int(spare // res.num_cpus)
+    if fit >= res.concurrency[1]:
+        return res
+    lo, hi = min(res.concurrency[0], fit), fit
+    log.warning("stage %s: %d workers x %g CPUs would hold all %g CPUs; using at most %d so input can be read",
+                name, res.concurrency[1], res.num_cpus, total, hi)
+    return res.model_copy(update={"concurrency": (lo, hi)})
+
+
 def run_map_stage(stage: Stage, fragments: list[Fragment], progress: bool) -> int:
     """Stream all fragments through the stage's actor pool; returns input rows processed."""
     import ray.data
@@ -221,7 +244,7 @@ def run_map_stage(stage: Stage, fragments: list[Fragment], progress: bool) -> in
     # Ray Data announces every execution at INFO (and resets its logger when first imported).
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
-    res = stage.resources
+    res = fit_to_cluster(stage.name, stage.resources)
     index_ds = ray.data.from_items([{"index": f.index} for f in fragments], override_num_blocks=len(fragments))
     rows_ds = index_ds.map_batches(
         _read_fragments, fn_kwargs={"fragments": fragments}, batch_size=1, batch_format="pyarrow", num_cpus=0.25

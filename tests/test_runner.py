@@ -140,3 +140,29 @@ def test_a_crashed_worker_is_restarted_and_its_batch_retried(tmp_path, ray_with_
     table = mf.read_table(str(tmp_path / "out"))
     assert table.column("source_uri").to_pylist() == ["a", "two", "two", "c"]
     assert set(table.column("status").to_pylist()) == {"ok"}
+
+
+def test_actor_pool_is_shrunk_so_reading_can_always_be_scheduled():
+    from curation.runner import fit_to_cluster
+    from curation.stage import Resources
+
+    # 2 CPUs: 2 actors x 1 CPU would starve the read tasks (the hang seen on 2-core machines).
+    fitted = fit_to_cluster("s", Resources(num_cpus=1, concurrency=(2, 2)), cluster_cpus=2)
+    assert fitted.concurrency == (1, 1)
+    assert fit_to_cluster("s", Resources(num_cpus=0.5, concurrency=(1, 3)), cluster_cpus=2).concurrency == (1, 3)
+    assert fit_to_cluster("s", Resources(num_cpus=0.5, concurrency=(1, 8)), cluster_cpus=2).concurrency == (1, 3)
+    with pytest.raises(ValueError, match="lower s.resources.num_cpus"):
+        fit_to_cluster("s", Resources(num_cpus=2, concurrency=(1, 1)), cluster_cpus=2)
+
+
+@pytest.mark.timeout(180)
+def test_a_pool_asking_for_every_cpu_still_completes(tmp_path, ray_with_test_stage):
+    import ray
+
+    from curation.stage import Resources
+
+    cpus = ray.cluster_resources()["CPU"]
+    greedy = SplitByName(resources=Resources(num_cpus=cpus / 2, concurrency=(2, 2)))
+    inputs = _write_inputs(tmp_path, [["a"], ["b"], ["c"]])
+    todo, _ = plan_fragments(inputs, str(tmp_path / "out"), retry_errors=False)
+    assert run_map_stage(greedy, todo, progress=False) == 3
