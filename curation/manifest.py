@@ -12,7 +12,6 @@ import json
 import types
 import typing
 import uuid
-from collections.abc import Iterable
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pyarrow as pa
@@ -235,6 +234,3 @@ def write_json_atomic(uri: str, obj: Any) -> None:
 def read_json(uri: str) -> Any:
     return json.loads(read_bytes(uri))
 
-
-def iter_rows(table: pa.Table) -> Iterable[dict]:
-    return table.to_pylist()
