@@ -227,6 +227,12 @@ def read_table(uri: str, columns: list[str] | None = None, filter: Any = None) -
     return dataset.to_table(columns=columns, filter=filter)
 
 
+def read_schema(uri: str) -> pa.Schema:
+    """A Parquet file's schema from its footer, without reading any rows."""
+    fs, path = resolve(uri)
+    return pq.read_schema(path, filesystem=fs)
+
+
 def write_json_atomic(uri: str, obj: Any) -> None:
     write_bytes_atomic(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 

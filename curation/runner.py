@@ -33,6 +33,7 @@ from curation.stage import Resources, SinkStage, Stage
 log = logging.getLogger(__name__)
 FRAG, ROW, SEQ = "_frag", "_row", "_seq"
 MAX_WORKER_RESTARTS = 3
+READ_TASK_CPUS = 0.25  # each fragment-reading task; actor pools must leave at least this much free
 
 
 @dataclass
@@ -129,12 +130,12 @@ def run_batch(stage: Stage, batch: pa.Table) -> pa.Table:
         inputs = rows.drop_columns([c for c in rows.column_names if c.startswith(mf.PRIVATE_PREFIX)])
         row_of = dict(zip(rows.column("sample_id").to_pylist(), rows.column(ROW).to_pylist()))
         out = stage(inputs)
-        out_rows = out.to_pylist()
+        # Only the id columns are read back: rows may carry megabytes of frames.
         positions = []
-        for o in out_rows:
-            pos = row_of.get(o["sample_id"])
-            if pos is None and o.get("parent_ids"):
-                pos = row_of.get(o["parent_ids"][0])
+        for sample_id, parents in zip(out.column("sample_id").to_pylist(), out.column("parent_ids").to_pylist()):
+            pos = row_of.get(sample_id)
+            if pos is None and parents:
+                pos = row_of.get(parents[0])
             positions.append(-1 if pos is None else pos)
         missing = set(row_of.values()) - set(positions)
         if missing:
@@ -191,7 +192,7 @@ def _finish_fragment(frag: Fragment, parts: list[pa.Table], stage: Stage) -> Non
         table = pa.concat_tables(parts, promote_options="permissive").sort_by([(ROW, "ascending"), (SEQ, "ascending")])
         table = table.drop_columns([c for c in table.column_names if c.startswith(mf.PRIVATE_PREFIX)])
     else:
-        input_schema = mf.public_schema(mf.read_table(frag.input_uri).schema)
+        input_schema = mf.public_schema(mf.read_schema(frag.input_uri))
         table = stage.output_schema(input_schema).empty_table()
     if frag.only_ids is not None:
         # retry_errors: keep the earlier rows except the retried samples' error rows, then add the new rows.
@@ -208,9 +209,6 @@ def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, dynamic_ncols=True)
-
-
-READ_TASK_CPUS = 0.25  # each fragment-reading task; actors must leave at least this much free
 
 
 def fit_to_cluster(name: str, res: Resources, cluster_cpus: float | None = None) -> Resources:
@@ -247,7 +245,7 @@ def run_map_stage(stage: Stage, fragments: list[Fragment], progress: bool) -> in
     res = fit_to_cluster(stage.name, stage.resources)
     index_ds = ray.data.from_items([{"index": f.index} for f in fragments], override_num_blocks=len(fragments))
     rows_ds = index_ds.map_batches(
-        _read_fragments, fn_kwargs={"fragments": fragments}, batch_size=1, batch_format="pyarrow", num_cpus=0.25
+        _read_fragments, fn_kwargs={"fragments": fragments}, batch_size=1, batch_format="pyarrow", num_cpus=READ_TASK_CPUS
     )
     with warnings.catch_warnings():
         # Ray 2.60 deprecates passing actor options as **kwargs but has no named parameter for

@@ -10,6 +10,10 @@ import json
 import tarfile
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 SHARD_SCHEMA_VERSION = 1
 # Columns never copied into the `json` member: media bytes (they are members of their own) and
 # per-frame timestamp lists that only the decoder needs.
@@ -53,20 +57,34 @@ def sample_members(row: dict[str, Any]) -> dict[str, bytes]:
     return members
 
 
-def tar_size(members: dict[str, bytes]) -> int:
-    """Bytes the members take in a tar (one 512-byte header each, data padded to 512)."""
-    return sum(512 + -(-len(data) // 512) * 512 for data in members.values())
+# Bytes per sample beyond its media: the json (and txt) members plus tar headers and padding.
+_METADATA_ALLOWANCE = 4096
 
 
-def bucket_key(row: dict[str, Any]) -> str:
+def estimated_tar_bytes(table: pa.Table) -> np.ndarray:
+    """Per-row bytes the samples will take in a tar, from Arrow buffer lengths alone (no Python
+    copies of the media): each binary value, or each item of a list of binaries, is one member."""
+    total = np.full(table.num_rows, _METADATA_ALLOWANCE, dtype=np.int64)
+    for field in table.schema:
+        column = table.column(field.name)
+        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            lengths = pc.fill_null(pc.binary_length(column), 0).to_numpy()
+            total += 512 + -(-lengths // 512) * 512
+        elif pa.types.is_list(field.type) and pa.types.is_binary(field.type.value_type):
+            items = pc.list_flatten(column)
+            lengths = pc.fill_null(pc.binary_length(items), 0).to_numpy()
+            np.add.at(total, pc.list_parent_indices(column).to_numpy(), 512 + -(-lengths // 512) * 512)
+    return total
+
+
+def bucket_key(width: int | None, height: int | None, num_frames: int | None) -> str:
     """Resolution / aspect / frame-count bucket, e.g. `r720_a16x9_f4`, so a trainer can stream one shape."""
-    width, height = row.get("width") or 0, row.get("height") or 0
+    width, height = width or 0, height or 0
     short = min(width, height)
     resolution = max((r for r in _RESOLUTIONS if r <= short), default=_RESOLUTIONS[0])
     aspect = width / height if height else 1.0
     aspect_name = min(_ASPECTS, key=lambda k: abs(_ASPECTS[k] - aspect))
-    frames = len(row.get("frames") or []) or 1
-    return f"r{resolution}_a{aspect_name}_f{frames}"
+    return f"r{resolution}_a{aspect_name}_f{num_frames or 1}"
 
 
 def write_tar(path: str, samples: list[tuple[str, dict[str, bytes]]]) -> list[tuple[str, int, int]]:

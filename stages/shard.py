@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from collections import Counter, defaultdict
 from typing import Any, ClassVar
@@ -14,7 +15,7 @@ from pydantic import BaseModel, Field
 from curation import manifest as mf
 from curation.runinfo import config_hash
 from curation.runner import MAX_WORKER_RESTARTS
-from curation.shards import SHARD_SCHEMA_VERSION, bucket_key, sample_members, tar_size, write_tar
+from curation.shards import SHARD_SCHEMA_VERSION, bucket_key, estimated_tar_bytes, sample_members, write_tar
 from curation.stage import SinkResult, SinkStage
 
 PLAN = "_plan.parquet"
@@ -44,15 +45,18 @@ class Shard(SinkStage):
         """Deterministic sample -> shard assignment, in manifest order, rolled by count and size."""
         rows: list[dict[str, Any]] = []
         for part in mf.list_files(input_uri, prefix="part-", suffix=".parquet"):
-            table = mf.read_table(part)
-            table = table.filter(pc.equal(table.column("status"), "ok"))
-            for row in table.to_pylist():
-                try:
-                    size = tar_size(sample_members(row))
-                except ValueError:
-                    size = 0  # reported as an error row when the shard is written
-                rows.append({"sample_id": row["sample_id"], "part": part, "bucket": bucket_key(row) if self.bucket else "",
-                             "bytes": size})
+            table = mf.read_table(part, filter=pc.field("status") == "ok")
+            sizes = estimated_tar_bytes(table)
+            if self.bucket:
+                frames = (pc.list_value_length(table.column("frames")).to_pylist() if "frames" in table.column_names
+                          else [1] * table.num_rows)
+                widths, heights = (table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
+                                   for c in ("width", "height"))
+                buckets = [bucket_key(w, h, f) for w, h, f in zip(widths, heights, frames)]
+            else:
+                buckets = [""] * table.num_rows
+            rows.extend({"sample_id": sid, "part": part, "bucket": b, "bytes": int(n)}
+                        for sid, b, n in zip(table.column("sample_id").to_pylist(), buckets, sizes))
         counters: dict[str, tuple[int, int, int]] = {}  # bucket -> (shard number, count, bytes)
         for row in rows:
             number, count, size = counters.get(row["bucket"], (0, 0, 0))
@@ -89,9 +93,9 @@ class Shard(SinkStage):
         index = write_tar(tmp_path, samples)
         if local:
             os.replace(tmp_path, tar_path)
-        else:
-            with open(tmp_path, "rb") as f:
-                mf.write_bytes_atomic(tar_uri, f.read())
+        else:  # object stores: a streamed upload only becomes visible when it completes
+            with open(tmp_path, "rb") as f, fs.open_output_stream(tar_path) as out:
+                shutil.copyfileobj(f, out, length=16 << 20)
             os.remove(tmp_path)
         tar_bytes = fs.get_file_info(tar_path).size
         by_sample = {key: (offset, span) for key, offset, span in index}
@@ -115,7 +119,7 @@ class Shard(SinkStage):
             light.update(stage=self.name, stage_version=self.version, shard=shard, shard_offset=offset, shard_bytes=span)
             out_rows.append(light)
         out_rows.extend({k: v for k, v in r.items() if not _is_media(v)} for r in bad)
-        schema = self.output_schema(_light_schema(mf.read_table(wanted.column("part")[0].as_py()).schema))
+        schema = self.output_schema(_light_schema(mf.read_schema(wanted.column("part")[0].as_py())))
         # The manifest part is written last: it is the shard's completion marker.
         mf.write_table_atomic(mf.rows_to_table(out_rows, schema), mf.join(stage_dir, f"part-{shard.replace('/', '__')}.parquet"))
         return stats

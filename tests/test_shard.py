@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from curation import manifest as mf
-from curation.shards import bucket_key, sample_members, write_tar
+from curation.shards import bucket_key, estimated_tar_bytes, sample_members, write_tar
 from stages.shard import Shard
 
 
@@ -72,9 +72,26 @@ def test_members_and_buckets():
     assert list(members) == ["txt", "frame_0.jpg", "frame_1.jpg", "json"]
     meta = json.loads(members["json"])
     assert meta["lineage"] == ["c"] and meta["scores"] == {"q": 1.0} and "frames" not in meta and "frame_pts" not in meta
-    assert bucket_key(row) == "r720_a16x9_f2"
+    assert bucket_key(row["width"], row["height"], len(row["frames"])) == "r720_a16x9_f2"
+    assert bucket_key(720, 1280, 6) == "r720_a9x16_f6" and bucket_key(None, None, None) == "r144_a1x1_f1"
     with pytest.raises(ValueError, match="no frames"):
         sample_members(dict(row, frames=[]))
+
+
+def test_size_estimate_is_close_to_the_real_tar_bytes(tmp_path):
+    """The planner rolls shards by size without copying media into Python; its estimate must track
+    what write_tar really writes (within the per-sample metadata allowance)."""
+    manifest_dir = _sessions(tmp_path, 9, parts=1)
+    table = mf.read_table(manifest_dir)
+    estimate = estimated_tar_bytes(table)
+    for row, guess in zip(table.to_pylist(), estimate):
+        members = sample_members(row) if row["status"] == "ok" else None
+        if members is None:
+            continue
+        index = write_tar(str(tmp_path / "one.tar"), [(row["sample_id"], members)])
+        real = index[0][2]
+        media = sum(512 + -(-len(f) // 512) * 512 for f in row["frames"])
+        assert media < guess and abs(guess - real) <= 4096, (guess, real)
 
 
 def test_shard_sink_rolls_by_count_and_three_readers_open_it(tmp_path, ray_local):
