@@ -11,7 +11,7 @@ import typer
 from omegaconf import OmegaConf
 
 from curation import manifest as mf
-from curation.config import ConfigError, compose, pipelines, stage_defaults
+from curation.config import GROUPS, ConfigError, compose, groups, pipelines
 from curation.runinfo import count_outcomes
 from curation.stage import registry
 from curation.summary import console, outcome_table
@@ -64,10 +64,11 @@ def run(
 @app.command()
 def stages(name: Optional[str] = typer.Argument(None, help="show only this stage")) -> None:
     """List stages with their one-line docs and options (defaults from curation/config/stage/*.yaml)."""
+    cfg = compose([])  # resolved defaults: some stage keys point at run-level ones (`vlm: ${vlm}`)
     for stage_name, cls in registry().items():
         if name and stage_name != name:
             continue
-        defaults = OmegaConf.to_container(stage_defaults(stage_name), resolve=True)
+        defaults = OmegaConf.to_container(cfg[stage_name], resolve=True)
         typer.secho(f"{stage_name}  (v{cls.version})", bold=True)
         typer.echo(f"    {cls.summary()}")
         for field_name, info in cls.model_fields.items():
@@ -80,6 +81,9 @@ def stages(name: Optional[str] = typer.Argument(None, help="show only this stage
     for pipe_name, path in pipelines().items():
         stages_list = OmegaConf.load(path).get("stages", [])
         typer.echo(f"    {pipe_name}: {' -> '.join(stages_list)}")
+    typer.secho("config groups (select with key=<name>)", bold=True)
+    for group in GROUPS:
+        typer.echo(f"    {group}: {', '.join(groups(group))}  (files in curation/config/{group}/)")
 
 
 def _stage_dirs(run_dir: str) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from curation.stage import Stage, get_stage_class, registry
+from curation.stage import Stage, get_stage_class, stage_names
 
 CONFIG_DIR = Path(str(files("curation") / "config"))
 
@@ -30,26 +30,59 @@ def stage_defaults(name: str) -> DictConfig:
 
 
 def pipelines() -> dict[str, Path]:
-    return {p.stem: p for p in sorted((CONFIG_DIR / "pipeline").glob("*.yaml"))}
+    return groups("pipeline")
+
+
+DEFAULT_VLM = "local"
+# Config groups: `key=<name>` on the command line selects the file <group>/<name>.yaml.
+GROUPS = ("vlm", "models")
+
+
+def groups(group: str) -> dict[str, Path]:
+    return {p.stem: p for p in sorted((CONFIG_DIR / group).glob("*.yaml"))}
+
+
+def _load_group(group: str, name: str) -> DictConfig:
+    known = groups(group)
+    if name not in known:
+        raise ConfigError(f"unknown {group} {name!r}; known: {', '.join(known)}")
+    return OmegaConf.load(known[name])
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The resolved config for `curate run` arguments such as `["pipeline=sessions", "input=x"]`."""
+    """The resolved config for `curate run` arguments such as `["pipeline=sessions", "input=x"]`.
+
+    Layers, last wins: package defaults (run.yaml, stage/*.yaml, vlm/local.yaml) < the model
+    profile (`models=tiny`) < an explicit `vlm=<name>` group < the pipeline file < `key=value`.
+    """
+    chosen: dict[str, str] = {}
+    dotlist = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        if key in GROUPS:
+            chosen[key] = value
+        else:
+            dotlist.append(item)
     try:
-        cli = OmegaConf.from_dotlist(list(overrides))
+        cli = OmegaConf.from_dotlist(dotlist)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot parse overrides: {e}") from e
 
     base = OmegaConf.load(CONFIG_DIR / "run.yaml")
     base.stages = []  # the ordered stage list; a pipeline file sets it, `stage=` makes it one long
-    for name in registry():
+    base.vlm = _load_group("vlm", DEFAULT_VLM)
+    for name in stage_names():
         base[name] = stage_defaults(name)
     OmegaConf.set_struct(base, True)
 
     layers = []
+    profile = chosen.get("models", base.models)
+    layers.append(_load_group("models", profile))
+    layers.append(OmegaConf.create({"models": profile}))
+    if "vlm" in chosen:
+        layers.append(OmegaConf.create({"vlm": _load_group("vlm", chosen["vlm"])}))
     pipeline = cli.get("pipeline")
     if pipeline is not None:
         known = pipelines()

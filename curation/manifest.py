@@ -91,6 +91,9 @@ def _arrow_type(annotation: Any) -> pa.DataType:
         return pa.map_(_arrow_type(key), _arrow_type(value))
     if annotation in _SCALARS:
         return _SCALARS[annotation]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        # A nested model is a struct column (e.g. a session's per-turn annotations).
+        return pa.struct([pa.field(f.name, f.type, f.nullable) for f in arrow_schema(annotation)])
     raise TypeError(f"no Arrow type for {annotation!r}")
 
 

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from omegaconf import DictConfig, OmegaConf
 
 from curation import manifest as mf
+from curation.backends.models import RANDOM_WEIGHTS_TAG
 from curation.stage import Stage
 
 
@@ -78,6 +79,8 @@ class RunRecord:
             "config_hash": config_hash(config),
             "stage_config": stage.model_dump(mode="json"),
             "model_ids": stage.model_ids(),
+            # Loud on purpose: outputs of tiny random models (`models=tiny`) are meaningless.
+            "random_weights": sorted(k for k, v in stage.model_ids().items() if RANDOM_WEIGHTS_TAG in v),
             "input": input_uri,
             "output": stage_dir,
             "git_sha": git_sha(),

@@ -57,6 +57,7 @@ class StageResult:
     skipped_fragments: int
     done_fragments: int
     extra: dict[str, Any] = field(default_factory=dict)
+    random_weights: list[str] = field(default_factory=list)  # models of this stage with random weights
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,12 +320,17 @@ def run_stage(name: str, cfg: DictConfig, input_uri: str | None, stage_dir: str)
     else:
         inputs = prepare_inputs(name, cfg, input_uri, stage_dir)
         fragments, skipped = plan_fragments(inputs, stage_dir, bool(cfg.retry_errors))
-        processed = run_map_stage(stage, fragments, bool(cfg.progress))
+        stage.on_driver_start()
+        try:
+            processed = run_map_stage(stage, fragments, bool(cfg.progress))
+        finally:
+            stage.on_driver_end()
         done = len(fragments)
+        extra = stage.run_extra(stage_dir)
     wall = time.perf_counter() - t0
     counts = count_outcomes(stage_dir)
     record.finish(counts=counts, processed=processed, wall_s=wall, skipped_fragments=skipped, done_fragments=done, extra=extra)
-    return StageResult(name, stage_dir, counts, processed, wall, skipped, done, extra)
+    return StageResult(name, stage_dir, counts, processed, wall, skipped, done, extra, record.record["random_weights"])
 
 
 def run(cfg: DictConfig) -> list[StageResult]:

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 SHARD_SCHEMA_VERSION = 1
 # Columns never copied into the `json` member: media bytes (they are members of their own) and
 # per-frame timestamp lists that only the decoder needs.
-_NOT_METADATA = {"frames", "frame_pts", "masks", "reference", "embedding", "thumbnail"}
+# `turns` and `roe` have their own members (turns.json, mask_<k>_{src,tgt}.png).
+_NOT_METADATA = {"frames", "frame_pts", "masks", "reference", "embedding", "thumbnail", "turns", "roe"}
 _RESOLUTIONS = (144, 240, 360, 480, 576, 720, 1080, 1440, 2160)
 _ASPECTS = {"1x1": 1.0, "4x3": 4 / 3, "3x4": 3 / 4, "16x9": 16 / 9, "9x16": 9 / 16, "21x9": 21 / 9, "9x21": 9 / 21}
 
@@ -48,13 +49,63 @@ def sample_members(row: dict[str, Any]) -> dict[str, bytes]:
         for i, jpeg in enumerate(frames):
             members[f"frame_{i}.jpg"] = jpeg
         if row.get("turns"):
-            members["turns.json"] = json.dumps(row["turns"]).encode()
+            members.update(session_turn_members(row))
     elif frames:
         raise ValueError(f"kind {row['kind']!r} is not shardable yet")
     else:
         raise ValueError(f"kind {row['kind']!r} has no media to shard")
     members["json"] = json.dumps(metadata(row), sort_keys=True, default=str).encode()
     return members
+
+
+def session_turn_members(row: dict[str, Any]) -> dict[str, bytes]:
+    """`turns.json` (per turn: instruction, camera label, parsed annotation, RoE outcome and boxes)
+    and, once `ground` ran, `mask_<k>_src.png` / `mask_<k>_tgt.png` for every turn k.
+
+    Every turn gets both masks, all-zero when no region of edit was found (`roe: none`): members
+    are then the same for every session of a frame count, which HF `datasets` requires, and
+    `turns.json` says which masks are real.
+    """
+    members: dict[str, bytes] = {}
+    roe_by_turn = {r["turn"]: r for r in row.get("roe") or []}
+    turns = []
+    for turn in row["turns"]:
+        k = turn["index"]
+        entry = {
+            "index": k,
+            "instruction": turn.get("instruction"),
+            "camera": turn.get("camera"),
+            "camera_raw": turn.get("camera_raw"),
+            "annotation": json.loads(turn["annotation"]) if turn.get("annotation") else None,
+            "error": turn.get("error"),
+        }
+        if row.get("roe") is not None:
+            roe = roe_by_turn.get(k) or {"outcome": "unannotated", "queries": [], "detections": []}
+            entry["roe"] = roe["outcome"]
+            entry["roe_queries"] = roe.get("queries") or []
+            entry["roe_detections"] = roe.get("detections") or []
+            empty = None
+            for side in ("src", "tgt"):
+                mask = roe.get(f"{side}_mask")
+                if mask is None:
+                    empty = empty or zero_mask_png(int(row["frame_width"]), int(row["frame_height"]))
+                    mask = empty
+                members[f"mask_{k}_{side}.png"] = mask
+        turns.append(entry)
+    members["turns.json"] = json.dumps(turns, ensure_ascii=False).encode()
+    instructions = [t["instruction"] for t in turns if t["instruction"]]
+    if instructions:
+        members["txt"] = "\n".join(instructions).encode()
+    return members
+
+
+def zero_mask_png(width: int, height: int) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.zeros((height, width), np.uint8))
+    if not ok:
+        raise ValueError("PNG encoder refused an empty mask")
+    return buf.tobytes()
 
 
 # Bytes per sample beyond its media: the json (and txt) members plus tar headers and padding.

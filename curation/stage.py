@@ -70,6 +70,17 @@ class Stage(BaseModel):
             self.setup()
             self._ready = True
 
+    def on_driver_start(self) -> None:
+        """Runs once on the driver before any worker starts: create services the workers share
+        (e.g. the VLM budget ledger). Whatever it stores in private attributes travels to workers."""
+
+    def on_driver_end(self) -> None:
+        """Runs once on the driver after the stage finished (or failed)."""
+
+    def run_extra(self, stage_dir: str) -> dict[str, Any]:
+        """Stage-specific facts for `_run.json` computed from the finished manifest (e.g. API cost)."""
+        return {}
+
     # ---- work ------------------------------------------------------------------------------
     def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         raise NotImplementedError(f"stage {self.name!r} implements neither process() nor __call__()")
@@ -107,6 +118,14 @@ class Stage(BaseModel):
         row.update(columns)
         return row
 
+    def enrich(self, row: dict[str, Any], **columns: Any) -> dict[str, Any]:
+        """The same sample (same id) with this stage's columns added: for stages that annotate
+        or score a sample rather than derive new ones from it."""
+        out = dict(row)
+        out.update(status="ok", reason=None, stage=self.name, stage_version=self.version)
+        out.update(columns)
+        return out
+
     def error_row(self, row: dict[str, Any], reason: str, status: str = "error") -> dict[str, Any]:
         """The input sample, marked as failed (or dropped) at this stage, keeping its id."""
         out = dict(row)
@@ -141,19 +160,25 @@ class SinkStage(Stage):
 
 
 @cache
-def registry() -> dict[str, type[Stage]]:
-    """Stage classes by name, from the `curate.stages` entry points (ours and any installed plugin)."""
-    found: dict[str, type[Stage]] = {}
-    for ep in entry_points(group="curate.stages"):
-        cls = ep.load()
-        if not (isinstance(cls, type) and issubclass(cls, Stage)):
-            raise TypeError(f"entry point {ep.name} -> {ep.value} is not a curation.stage.Stage")
-        found[cls.name] = cls
-    return dict(sorted(found.items()))
+def stage_names() -> tuple[str, ...]:
+    """Names of the registered stages (the `curate.stages` entry points), without importing them:
+    a plugin whose imports are broken must not break every other stage."""
+    return tuple(sorted({ep.name for ep in entry_points(group="curate.stages")}))
 
 
+@cache
 def get_stage_class(name: str) -> type[Stage]:
-    stages = registry()
-    if name not in stages:
-        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(stages)}")
-    return stages[name]
+    found = [ep for ep in entry_points(group="curate.stages") if ep.name == name]
+    if not found:
+        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(stage_names())}")
+    cls = found[0].load()
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise TypeError(f"entry point {name} -> {found[0].value} is not a curation.stage.Stage")
+    if cls.name != name:
+        raise TypeError(f"entry point {name!r} loads stage class {cls.__name__} whose name is {cls.name!r}")
+    return cls
+
+
+def registry() -> dict[str, type[Stage]]:
+    """Every stage class by name (imports them all; for listings and tests)."""
+    return {name: get_stage_class(name) for name in stage_names()}

@@ -40,3 +40,16 @@ def print_stage_summary(result: Any) -> None:
     extra = {"processed": result.processed, "wall_s": result.wall_s, "samples_per_s": rate}
     note = f"{result.done_fragments} fragment(s) done, {result.skipped_fragments} already complete"
     console.print(outcome_table(f"{result.name} -> {result.stage_dir}  ({note})", [(result.name, result.counts, extra)]))
+    vlm = result.extra.get("vlm")
+    if vlm:
+        usage = vlm["usage"]
+        console.print(f"  VLM {vlm['model']}: {usage['requests']} requests, {usage['cache_hits']} cache hits, "
+                      f"{usage['prompt_tokens']}+{usage['completion_tokens']} tokens, ${usage['usd']:.4f}"
+                      + (f" (budget ${vlm['budget_max_usd']:g})" if vlm.get("budget_max_usd") is not None else ""))
+        if vlm.get("budget_exhausted"):
+            console.print(f"  [bold red]BUDGET EXHAUSTED:[/] {vlm['budget_exhausted']} sample(s) were not sent "
+                          "(status=error, reason budget_exhausted). Raise budget.max_usd and rerun with retry_errors=true.")
+    if result.random_weights:
+        console.print(f"[bold white on red] RANDOM WEIGHTS [/] stage {result.name} ran tiny randomly initialised "
+                      f"model(s) for {', '.join(result.random_weights)} (models=tiny): its outputs are meaningless "
+                      "placeholders that only exercise the pipeline. Use the default models profile for real data.")

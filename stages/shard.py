@@ -189,7 +189,7 @@ class Shard(SinkStage):
             "buckets": dict(buckets) if self.bucket else {},
             "shards": per_shard,
             "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
-            "members": "json, txt (instruction), frame_<i>.jpg (+ turns.json) for sessions; see DESIGN.md §5",
+            "members": "json, txt (instruction), frame_<i>.jpg + turns.json + mask_<k>_src.png/mask_<k>_tgt.png for sessions; see DESIGN.md §5",
         })
 
 

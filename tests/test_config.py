@@ -58,3 +58,32 @@ def test_invalid_values_are_rejected_by_the_stage_model():
         build_stage("shard", overrides=["shard.max_count=0"])
     with pytest.raises(ValueError, match="concurrency"):
         build_stage("shard", overrides=["shard.resources.concurrency=[3,1]"])
+
+
+@pytest.mark.parametrize("name", ["openai", "gemini", "local"])
+def test_each_vlm_group_file_sets_every_vlm_option_and_builds_annotate(name):
+    from curation.backends.vlm import VLMConfig
+
+    assert set(OmegaConf.load(CONFIG_DIR / "vlm" / f"{name}.yaml")) == set(VLMConfig.model_fields)
+    cfg = compose([f"vlm={name}", "vlm.max_in_flight=3", "budget.max_usd=2.5"])
+    stage = build_stage("annotate", cfg)
+    assert stage.vlm.backend == name and stage.vlm.max_in_flight == 3 and stage.max_usd == 2.5
+
+
+def test_model_profiles_swap_models_and_an_explicit_vlm_group_wins():
+    real = compose([])
+    assert real.models == "real" and real.vlm.backend == "local" and not real.vlm.model.startswith("tiny:")
+    assert real.ground.detector.model == "IDEA-Research/grounding-dino-tiny"
+    tiny = compose(["models=tiny"])
+    assert tiny.models == "tiny" and tiny.vlm.model == "tiny:qwen2-vl"
+    assert tiny.ground.detector.model == "tiny:grounding-dino" and tiny.ground.segmenter.model == "tiny:sam2"
+    assert build_stage("annotate", tiny).model_ids()["vlm"].endswith("(RANDOM WEIGHTS)")
+    mixed = compose(["models=tiny", "vlm=openai", "vlm.model=gpt-x"])
+    assert mixed.vlm.backend == "openai" and mixed.vlm.model == "gpt-x" and mixed.ground.detector.model == "tiny:grounding-dino"
+
+
+@pytest.mark.parametrize("override, match", [("vlm=claude", "unknown vlm 'claude'"), ("models=huge", "unknown models 'huge'"),
+                                             ("vlm.max_in_fligth=3", "max_in_fligth")])
+def test_unknown_groups_and_vlm_keys_are_errors_that_name_them(override, match):
+    with pytest.raises(ConfigError, match=match):
+        compose([override])

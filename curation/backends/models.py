@@ -1,0 +1,78 @@
+"""Where a model reference points: a local directory, a Hugging Face hub id, or `tiny:<name>`.
+
+`tiny:<name>` names a tiny, randomly initialised model built from a config on first use and
+saved under the cache directory, then loaded through exactly the same `from_pretrained` code path
+as a real checkpoint. It exists so the whole pipeline runs offline (CI, laptops without weights);
+its outputs are meaningless, and every run that uses one says so loudly (`_run.json`
+`random_weights`, the end-of-stage summary).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TINY_PREFIX = "tiny:"
+
+# name -> "module:function"; the function takes a directory and saves a model (and its
+# processor) there with `save_pretrained`. Bump the `-vN` suffix when a builder changes.
+TINY_BUILDERS: dict[str, str] = {
+    "qwen2-vl": "curation.backends.tiny_vlm:build_tiny_qwen2_vl",
+    "grounding-dino": "curation.backends.tiny_vision:build_tiny_grounding_dino",
+    "sam2": "curation.backends.tiny_vision:build_tiny_sam2",
+}
+TINY_VERSION = "v1"
+
+
+def cache_root() -> Path:
+    """`$CURATE_CACHE`, else `~/.cache/curate`: tiny models and the VLM response cache live here."""
+    return Path(os.environ.get("CURATE_CACHE") or Path.home() / ".cache" / "curate").expanduser()
+
+
+RANDOM_WEIGHTS_TAG = "(RANDOM WEIGHTS)"
+
+
+def is_random_weights(ref: str) -> bool:
+    return ref.startswith(TINY_PREFIX)
+
+
+def describe_model(ref: str) -> str:
+    """How `_run.json` names a model: the reference, tagged loudly when its weights are random."""
+    return f"{ref} {RANDOM_WEIGHTS_TAG}" if is_random_weights(ref) else ref
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    ref: str  # what the config said
+    path: str  # what to pass to from_pretrained: a local dir or a hub id
+    random_weights: bool
+
+
+def resolve_model(ref: str) -> ResolvedModel:
+    """A config's model reference -> what `from_pretrained` loads. Builds `tiny:` models once
+    (a file lock makes concurrent workers wait for the first builder instead of racing it)."""
+    if not is_random_weights(ref):
+        local = Path(ref).expanduser()
+        return ResolvedModel(ref, str(local) if local.exists() else ref, False)
+    name = ref[len(TINY_PREFIX):]
+    if name not in TINY_BUILDERS:
+        raise ValueError(f"unknown tiny model {ref!r}; known: {', '.join(TINY_PREFIX + n for n in TINY_BUILDERS)}")
+    target = cache_root() / "models" / "tiny" / f"{name}-{TINY_VERSION}"
+    done = target / ".complete"
+    if not done.exists():
+        from filelock import FileLock
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(target) + ".lock"):
+            if not done.exists():
+                module, func = TINY_BUILDERS[name].split(":")
+                log.warning("building tiny RANDOM-WEIGHT model %s in %s", ref, target)
+                target.mkdir(parents=True, exist_ok=True)
+                getattr(importlib.import_module(module), func)(target)
+                done.write_text("ok\n")
+    return ResolvedModel(ref, str(target), True)

@@ -1,0 +1,69 @@
+"""Box-prompted segmentation with SAM2 (transformers), batched across images.
+
+`Sam2Processor` cannot pad box lists of different lengths across images, so each image's list is
+padded by repeating its last box and the extra masks are dropped. SAM2's mask decoder treats every
+box of an image independently, so the padding changes no real mask; one forward pass then covers
+a whole chunk of images however many boxes each has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from curation.backends.detect import DEVICE_PATTERN, Box, pick_device
+from curation.backends.models import resolve_model
+
+
+class SegmenterConfig(BaseModel):
+    """SAM2 and how its logits become masks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("facebook/sam2.1-hiera-tiny", description="hub id, local directory or tiny:sam2")
+    batch_size: int = Field(8, ge=1, description="images per forward pass (all boxes of an image go together)")
+    mask_threshold: float = Field(0.0, description="mask logit above which a pixel is inside (SAM2's own 0.0)")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto (CUDA when the worker has a GPU), cpu, cuda or cuda:N")
+
+
+class Sam2Segmenter:
+    """Loads once, then `segment` returns one mask per box at each image's own size."""
+
+    def __init__(self, cfg: SegmenterConfig):
+        from transformers import Sam2Model, Sam2Processor
+
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        path = resolve_model(cfg.model).path
+        self.processor = Sam2Processor.from_pretrained(path)
+        self.model = Sam2Model.from_pretrained(path).to(self.device).eval()
+
+    def segment(self, images: list[np.ndarray], boxes: Sequence[Sequence[Box]]) -> list[np.ndarray]:
+        """(n_boxes, H, W) bool masks per image (RGB uint8). Images without boxes get (0, H, W)
+        and cost no forward pass."""
+        if len(images) != len(boxes):
+            raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
+        masks = [np.zeros((0, *im.shape[:2]), dtype=bool) for im in images]
+        todo = [i for i, b in enumerate(boxes) if len(b)]
+        for start in range(0, len(todo), self.cfg.batch_size):
+            chunk = todo[start:start + self.cfg.batch_size]
+            for i, m in zip(chunk, self._forward([images[i] for i in chunk], [list(boxes[i]) for i in chunk])):
+                masks[i] = m
+        return masks
+
+    def _forward(self, images: list[np.ndarray], boxes: list[list[Box]]) -> list[np.ndarray]:
+        import torch
+
+        most = max(len(b) for b in boxes)
+        padded = [[list(map(float, box)) for box in b] + [list(map(float, b[-1]))] * (most - len(b)) for b in boxes]
+        inputs = self.processor(images=images, input_boxes=padded, input_data_format="channels_last", return_tensors="pt")
+        original_sizes = inputs["original_sizes"]
+        inputs = inputs.to(self.device)
+        with torch.inference_mode():
+            outputs = self.model(**inputs, multimask_output=False)
+        logits = outputs.pred_masks.float().cpu()  # (B, most, 1, h, w) low-resolution mask logits
+        real = [logits[i, : len(b)] for i, b in enumerate(boxes)]  # drop the padding before upsampling
+        full = self.processor.post_process_masks(real, original_sizes, mask_threshold=self.cfg.mask_threshold, binarize=True)
+        return [m[:, 0].numpy() for m in full]  # (n_boxes, H, W) bool each, no copy

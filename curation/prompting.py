@@ -1,0 +1,54 @@
+"""Prompt templates and their output schemas, versioned by content hash.
+
+A template is a Jinja2 file `prompts/<name>.v<N>.j2`; `TEMPLATES` pairs each name with the
+pydantic model its answer must validate against. The hash of the template text goes into the VLM
+response-cache key and `_run.json`, so editing a prompt never serves stale cached answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+
+import jinja2
+from pydantic import BaseModel
+
+from curation.annotation import TransitionAnnotation
+
+# name -> (template file inside the `prompts` package, output schema)
+TEMPLATES: dict[str, tuple[str, type[BaseModel]]] = {
+    "transition_annotation": ("transition_annotation.v1.j2", TransitionAnnotation),
+}
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    file: str
+    text: str
+    schema: type[BaseModel]
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+    @property
+    def version(self) -> str:
+        """`<file>@<hash>`: what `_run.json` records."""
+        return f"{self.file}@{self.hash}"
+
+    def render(self, **slots: object) -> str:
+        # StrictUndefined: a slot the caller forgot is an error, not an empty string in the prompt.
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+        return env.from_string(self.text).render(**slots).strip() + "\n"
+
+
+@cache
+def load_template(name: str) -> PromptTemplate:
+    if name not in TEMPLATES:
+        raise KeyError(f"unknown prompt template {name!r}; known: {', '.join(TEMPLATES)}")
+    file, schema = TEMPLATES[name]
+    text = (files("prompts") / file).read_text(encoding="utf-8")
+    return PromptTemplate(name=name, file=file, text=text, schema=schema)

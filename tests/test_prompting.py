@@ -1,0 +1,69 @@
+"""Prompt templates: rendering, strict slots, versioning by content hash, and their schemas."""
+
+import jinja2
+import pytest
+from pydantic import ValidationError
+
+from curation.annotation import TransitionAnnotation, Turn
+from curation.prompting import TEMPLATES, load_template
+
+VALID = {
+    "frame1_caption": {"scene": "a kitchen", "char1": "a man in a red apron", "obj1": "a white cup on the table"},
+    "frame2_caption": {"scene": "a kitchen", "char1": "a man in a red apron"},
+    "character_change": {"char1": "raises his right hand"},
+    "object_change": {"obj1": "disappears"},
+    "global_change": "",
+    "camera_change": "pan left",
+    "other_change": "",
+    "summary_change": "Make the man raise his right hand and remove the cup.",
+}
+
+
+def test_every_template_loads_renders_and_names_a_schema():
+    for name in TEMPLATES:
+        template = load_template(name)
+        text = template.render(caption=None, feedback=None)
+        assert "summary_change" in text
+        assert len(template.hash) == 16 and template.version.endswith(template.hash)
+        assert issubclass(template.schema, TransitionAnnotation)
+
+
+def test_caption_and_feedback_slots_change_the_prompt_and_missing_slots_fail():
+    template = load_template("transition_annotation")
+    plain = template.render(caption=None, feedback=None)
+    with_caption = template.render(caption="A chef cooks pasta.", feedback=None)
+    with_feedback = template.render(caption=None, feedback="schema_mismatch: summary_change missing")
+    assert "A chef cooks pasta." in with_caption and "A chef cooks pasta." not in plain
+    assert "summary_change missing" in with_feedback and "could not be used" not in plain
+    with pytest.raises(jinja2.UndefinedError):
+        template.render(caption=None)  # `feedback` forgotten
+
+
+def test_schema_accepts_vincie_shape_and_finds_changed_entities():
+    annotation = TransitionAnnotation.model_validate(VALID)
+    assert annotation.changed_entities() == [
+        ("char1", "a man in a red apron", "a man in a red apron"),
+        ("obj1", "a white cup on the table", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"frame1_caption": {"char1": "no scene entry"}},
+        {"frame2_caption": {"scene": "x", "person": "not a charN/objN key"}},
+        {"object_change": {"cup": "moved"}},
+        {"summary_change": ""},
+        {"extra_key": "not in the schema"},
+    ],
+)
+def test_schema_rejects_malformed_annotations(patch):
+    with pytest.raises(ValidationError):
+        TransitionAnnotation.model_validate({**VALID, **patch})
+
+
+def test_turn_round_trips_its_annotation():
+    annotation = TransitionAnnotation.model_validate(VALID)
+    turn = Turn(index=0, instruction=annotation.summary_change, annotation=annotation.model_dump_json())
+    assert turn.parsed() == annotation
+    assert Turn(index=1, error="schema_mismatch: x").parsed() is None
