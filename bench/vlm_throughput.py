@@ -61,10 +61,12 @@ def write_sessions(directory: Path, count: int, per_fragment: int = 256) -> str:
     return str(directory)
 
 
-def measure(in_flight: int, latency: float, seconds: float, work: Path) -> dict[str, float]:
+def measure(in_flight: int, latency: float, seconds: float, work: Path, waves: int) -> dict[str, float]:
     count = max(4 * in_flight, int(in_flight / latency * seconds))
     inputs = write_sessions(work / f"in-{in_flight}", count)
-    batch = max(16, 2 * in_flight)  # two waves per batch keep every slot busy across batch edges
+    # Sessions per batch: `waves` full rounds of max_in_flight requests, so the slots drain (and
+    # sit idle while the worker moves to its next batch) once per `waves` latencies.
+    batch = max(16, waves * in_flight)
     with latency_server(ANSWER, latency) as server:
         cfg = compose([
             "stage=annotate", f"input={inputs}", f"output={work / f'run-{in_flight}'}", "progress=false",
@@ -91,6 +93,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2, help="server latency per request, seconds")
     parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 8, 64], help="vlm.max_in_flight values")
     parser.add_argument("--seconds", type=float, default=6.0, help="target length of each measurement at the ideal rate")
+    parser.add_argument("--waves", type=int, default=8, help="annotate.resources.batch_size = waves * max_in_flight")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -98,7 +101,7 @@ def main() -> None:
 
     init_ray(compose([]).cluster)
     with tempfile.TemporaryDirectory(prefix="vlm-bench-") as tmp:
-        results = [measure(n, args.latency, args.seconds, Path(tmp)) for n in args.in_flight]
+        results = [measure(n, args.latency, args.seconds, Path(tmp), args.waves) for n in args.in_flight]
     print(f"\nannotate through a 1-actor Ray pool, OpenAI-compatible loopback server at {args.latency * 1000:.0f} ms/request")
     print(f"{'in_flight':>9} {'n':>6} {'ideal/s':>8} {'steady/s':>9} {'steady/ideal':>12} {'stage/s':>8} {'stage/ideal':>11} {'peak':>5}")
     for r in results:

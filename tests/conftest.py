@@ -30,6 +30,20 @@ def shared_media() -> Path:
     return SHARED_MEDIA
 
 
+@pytest.fixture(scope="session", autouse=True)
+def curate_cache(tmp_path_factory):
+    """Tiny models and VLM responses go to a per-session cache, never the user's ~/.cache/curate.
+    Set before Ray starts, so workers and `curate` subprocesses inherit it."""
+    path = tmp_path_factory.mktemp("curate-cache")
+    previous = os.environ.get("CURATE_CACHE")
+    os.environ["CURATE_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("CURATE_CACHE", None)
+    else:
+        os.environ["CURATE_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray runtime shared by the tests that run stages through Ray (starting one costs seconds)."""

@@ -8,11 +8,17 @@ for tests and benchmarks of the VLM backends (real SDKs, real HTTP, scripted ans
         assert len(server.requests) == 3 and server.max_concurrency <= 4
 
 Each request takes the next scripted behaviour from the queue (`enqueue`), else the default
-(`set_default`). Behaviours: `ok(obj)` (valid structured output, optional latency), `ok_from_prompt(fn)`, `raw_text(s)`
-(any text as the model's output: malformed JSON, schema-breaking JSON), `http_error(status,
-retry_after=...)`, `hang(seconds)` (answer only after the client gave up), `empty()` (no choices /
-no candidates), `blocked()` (Gemini: prompt blocked). The server is threaded, so many requests
-can be in flight; it records each one (`requests`) and the peak concurrency (`max_concurrency`).
+(`set_default`). Behaviours:
+- `ok(obj, latency_s=0)`: valid structured output (`latency_s` > 0 for throughput benchmarks);
+- `ok_from_prompt(fn)`: the answer computed from the request's prompt (order checks);
+- `raw_text(s)`: any text as the model's output (malformed JSON, schema-breaking JSON);
+- `http_error(status, retry_after=None)`: an error in the API's own format;
+- `hang(seconds)`: answer only after the client gave up;
+- `empty()`: no choices (OpenAI) / no candidates (Gemini); `blocked()`: Gemini prompt blocked.
+The server is threaded, so many requests can be in flight. It records each request
+(`requests`: path, headers, JSON body, arrival/finish times) and the peak number in flight
+(`max_concurrency`); `prompt_of(body)` extracts a request's text prompt; `reset()` clears all
+(for one server shared by many tests).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ class Behaviour:
     prompt_tokens: int = 10
     completion_tokens: int = 5
     message: str = ""
-    from_prompt: Callable[[str], Any] | None = None  # ok: build the answer from the request's prompt
+    from_prompt: Callable[[str], Any] | None = None  # ok: the answer from the request's prompt
 
 
 def ok(obj: Any, *, latency_s: float = 0.0, prompt_tokens: int = 10, completion_tokens: int = 5) -> Behaviour:
@@ -57,7 +63,8 @@ def ok(obj: Any, *, latency_s: float = 0.0, prompt_tokens: int = 10, completion_
 
 
 def ok_from_prompt(fn: Callable[[str], Any], *, latency_s: float = 0.0) -> Behaviour:
-    """A valid answer computed from the request's text prompt, e.g. to check reply order."""
+    """An answer computed from the request's text prompt: a dict or pydantic model (sent as JSON)
+    or a str (sent as is). For checking reply order, or per-request outcomes under concurrency."""
     return Behaviour("ok", latency_s=latency_s, from_prompt=fn)
 
 
@@ -168,6 +175,8 @@ class FakeVLMServer:
         if behaviour.from_prompt is None:
             return behaviour.text
         answer = behaviour.from_prompt(self.prompt_of(body))
+        if isinstance(answer, str):
+            return answer
         return json.dumps(answer.model_dump(mode="json") if hasattr(answer, "model_dump") else answer)
 
     @staticmethod
@@ -225,12 +234,15 @@ class GeminiServer(FakeVLMServer):
             return self._json({"candidates": [], "usageMetadata": usage})
         if behaviour.kind == "blocked":
             return self._json({"promptFeedback": {"blockReason": behaviour.message}, "usageMetadata": usage})
-        candidate = {"content": {"role": "model", "parts": [{"text": self._answer_text(behaviour, body)}]}, "finishReason": "STOP", "index": 0}
+        content = {"role": "model", "parts": [{"text": self._answer_text(behaviour, body)}]}
+        candidate = {"content": content, "finishReason": "STOP", "index": 0}
         return self._json({"candidates": [candidate], "usageMetadata": usage, "modelVersion": "fake"})
 
 
 @contextmanager
-def _serve(cls: type[FakeVLMServer], path: re.Pattern, url_suffix: str, default: Behaviour | None) -> Iterator[FakeVLMServer]:
+def _serve(
+    cls: type[FakeVLMServer], path: re.Pattern, url_suffix: str, default: Behaviour | None
+) -> Iterator[FakeVLMServer]:
     httpserver = HTTPServer(host="127.0.0.1", port=0, threaded=True)
     server = cls(httpserver=httpserver, url="", default=default or raw_text("{}"))
     httpserver.expect_request(path, method="POST").respond_with_handler(server._handle)

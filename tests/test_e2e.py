@@ -17,6 +17,8 @@ import pyarrow.compute as pc
 import pytest
 
 from curation import manifest as mf
+from curation.annotation import CAMERA_LABELS, TransitionAnnotation
+from curation.roe import decode_mask_png
 
 from conftest import EXAMPLES, REPO, shared_media
 
@@ -41,14 +43,19 @@ def ids_by_stage(run_dir: Path) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def example_run(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("example") / "run"
-    curate("run", "pipeline=sessions", f"input={REPO / 'manifests' / 'examples.jsonl'}", f"output={run_dir}")
+    proc = curate("run", "pipeline=sessions", "models=tiny", f"input={REPO / 'manifests' / 'examples.jsonl'}",
+                  f"output={run_dir}")
+    (run_dir / "stderr.txt").write_text(proc.stderr)
     return run_dir
+
+
+STAGES = ["01-ingest", "02-scene_split", "03-sample_frames", "04-annotate", "05-ground", "06-shard"]
 
 
 def test_sessions_pipeline_writes_manifests_shards_and_run_records(example_run):
     stages = [p.name for p in sorted(example_run.iterdir()) if p.is_dir()]
-    assert stages[:4] == ["01-ingest", "02-scene_split", "03-sample_frames", "04-shard"]
-    for d in stages[:4]:
+    assert stages[:6] == STAGES
+    for d in STAGES:
         record = json.loads((example_run / d / "_run.json").read_text())
         assert record["config"]["pipeline"] == "sessions" and record["config_hash"] and "git_sha" in record
         assert record["counts"]["total"] >= 1 and record["stage_version"]
@@ -64,8 +71,35 @@ def test_sessions_pipeline_writes_manifests_shards_and_run_records(example_run):
     for row in ok_sessions.to_pylist():
         assert 2 <= len(row["frames"]) == len(row["frame_indices"])
         assert row["start_frame"] <= min(row["frame_indices"]) and max(row["frame_indices"]) < row["end_frame"]
+
+    # annotate: the tiny random VLM under constrained decoding gives schema-valid JSON for every turn.
+    annotated = mf.read_table(str(example_run / "04-annotate")).to_pylist()
+    assert len(annotated) == ok_sessions.num_rows and {r["status"] for r in annotated} == {"ok"}
+    for row in annotated:
+        assert len(row["turns"]) == len(row["frames"]) - 1
+        for turn in row["turns"]:
+            assert turn["error"] is None
+            TransitionAnnotation.model_validate_json(turn["annotation"])
+            assert turn["camera"] in CAMERA_LABELS
+    record = json.loads((example_run / "04-annotate" / "_run.json").read_text())
+    assert record["random_weights"] == ["vlm"] and record["vlm"]["usage"]["requests"] >= sum(len(r["turns"]) for r in annotated)
+    assert record["model_ids"]["vlm"].endswith("(RANDOM WEIGHTS)")
+
+    # ground: one RoE entry per turn; masks (when found) are frame-sized PNGs.
+    grounded = mf.read_table(str(example_run / "05-ground")).to_pylist()
+    assert {r["status"] for r in grounded} == {"ok"}
+    for row in grounded:
+        assert [r["turn"] for r in row["roe"]] == [t["index"] for t in row["turns"]]
+        for roe in row["roe"]:
+            assert roe["outcome"] in ("found", "none")
+            for side in ("src_mask", "tgt_mask"):
+                if roe[side] is not None:
+                    assert decode_mask_png(roe[side]).shape == (row["frame_height"], row["frame_width"])
+    assert sorted(json.loads((example_run / "05-ground" / "_run.json").read_text())["random_weights"]) == ["detector", "segmenter"]
+    assert "RANDOM WEIGHTS" in (example_run / "stderr.txt").read_text()
+
     card = json.loads((example_run / "shards" / "_dataset.json").read_text())
-    assert card["num_samples"] == ok_sessions.num_rows == card["counts_by_kind"]["session"]
+    assert card["num_samples"] == len(grounded) == card["counts_by_kind"]["session"]
 
 
 def test_three_readers_open_the_example_shards_without_our_code(example_run):
@@ -80,7 +114,19 @@ def test_three_readers_open_the_example_shards_without_our_code(example_run):
         frames = int(bucket.rsplit("_f", 1)[1])
         samples = list(wds.WebDataset(urls, shardshuffle=False).decode("rgb8"))
         assert len(samples) == count
-        assert all(s[f"frame_{frames - 1}.jpg"].ndim == 3 and s["json"]["kind"] == "session" for s in samples)
+        for sample in samples:
+            assert sample[f"frame_{frames - 1}.jpg"].ndim == 3 and sample["json"]["kind"] == "session"
+            turns = sample["turns.json"]
+            assert [t["index"] for t in turns] == list(range(frames - 1))
+            height, width = sample["frame_0.jpg"].shape[:2]
+            for t in turns:
+                assert t["instruction"] and t["roe"] in ("found", "none") and t["camera"] in CAMERA_LABELS
+                for side in ("src", "tgt"):
+                    mask = sample[f"mask_{t['index']}_{side}.png"]
+                    assert mask.shape[:2] == (height, width)
+                    if t["roe"] == "none":
+                        assert mask.max() == 0
+            assert sample["txt"].splitlines()[0] == turns[0]["instruction"].splitlines()[0]
         assert ray.data.read_webdataset(urls).count() == count
         hf = datasets.load_dataset("webdataset", data_files={"train": urls}, split="train",
                                    cache_dir=str(example_run.parent / "hf-cache"))
@@ -91,14 +137,14 @@ def test_three_readers_open_the_example_shards_without_our_code(example_run):
 
 def test_status_and_show_report_counts_and_lineage(example_run):
     status = curate("status", str(example_run))
-    for d in ("01-ingest", "02-scene_split", "03-sample_frames", "04-shard"):
+    for d in STAGES:
         assert d in status.stderr + status.stdout
-    shard_rows = mf.read_table(str(example_run / "04-shard")).to_pylist()
+    shard_rows = mf.read_table(str(example_run / "06-shard")).to_pylist()
     sample_id = shard_rows[0]["sample_id"]
     shown = curate("show", str(example_run), sample_id).stdout
     assert sample_id in shown and "lineage" in shown
     # session <- clip <- video <- source: every hop is printed with its stage directory
-    for where in ("02-scene_split", "01-ingest", "01-ingest/_input"):
+    for where in ("05-ground", "02-scene_split", "01-ingest", "01-ingest/_input"):
         assert f"[{where}]" in shown
     missing = curate("show", str(example_run), "nope", check=False)
     assert missing.returncode == 1 and "nope" in missing.stderr
@@ -109,7 +155,7 @@ def test_help_for_every_command():
         out = curate(*args).stdout
         assert "Usage" in out
     listing = curate("stages").stdout
-    for name in ("ingest", "scene_split", "sample_frames", "shard", "sessions:"):
+    for name in ("ingest", "scene_split", "sample_frames", "annotate", "ground", "shard", "sessions:", "vlm: gemini, local, openai"):
         assert name in listing
     bad = curate("run", "stage=shard", "shard.max_cnt=3", check=False)
     assert bad.returncode == 2 and "max_cnt" in bad.stderr
@@ -163,7 +209,7 @@ def test_sigkill_mid_stage_then_rerun_gives_exactly_the_uninterrupted_ids(tmp_pa
         shutil.copy(media / name, src / Path(name).name)
     # One video per fragment, and the slower TransNetV2 detector, so fragments finish one by one.
     args = ["run", "pipeline=sessions", f"input={src}", "ingest.fragment_size=1", "progress=false",
-            "scene_split.detector=transnetv2"]
+            "scene_split.detector=transnetv2", "stages=[ingest,scene_split,sample_frames,shard]"]
 
     reference = tmp_path / "reference"
     curate(*args, f"output={reference}")

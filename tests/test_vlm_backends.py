@@ -14,7 +14,7 @@ from PIL import Image
 from curation.annotation import TransitionAnnotation
 from curation.backends.budget import Budget, create_ledger
 from curation.backends.limits import backoff_delay, parse_retry_after
-from curation.backends.vlm import VLMConfig, VLMError, VLMReply, VLMRequest, VLMUsage, make_vlm
+from curation.backends.vlm import VLMConfig, VLMError, VLMReply, VLMRequest, VLMUsage, make_vlm, parse_reply
 from fake_vlm_servers import (
     blocked,
     empty,
@@ -106,7 +106,8 @@ def test_success_sends_prompt_images_and_schema(server):
     assert sizes == [(64, 48), (512, 256)]  # in order; the large one shrunk, aspect kept
     schema = TransitionAnnotation.model_json_schema()
     if server.backend == "openai":
-        assert sent.body["response_format"]["json_schema"] == {"name": "TransitionAnnotation", "schema": schema, "strict": False}
+        expected = {"name": "TransitionAnnotation", "schema": schema, "strict": False}
+        assert sent.body["response_format"]["json_schema"] == expected
         assert sent.headers["Authorization"] == f"Bearer {KEY}"
     else:
         assert sent.body["generationConfig"]["responseJsonSchema"] == schema
@@ -220,9 +221,9 @@ def test_missing_key_variable_is_an_auth_error_without_a_request(server, monkeyp
 
 
 def test_cache_serves_repeats_without_requests(server, tmp_path):
-    server.enqueue(ok(ANNOTATION), raw_text('{"not": "valid"}'))
+    server.set_default(ok_from_prompt(lambda prompt: ANNOTATION if prompt == "first" else '{"not": "valid"}'))
     reqs = [request("first"), request("second")]
-    with make_vlm(config(server, cache=True, cache_dir=str(tmp_path), max_in_flight=1)) as vlm:  # in order
+    with make_vlm(config(server, cache=True, cache_dir=str(tmp_path))) as vlm:
         first = vlm.generate_many(reqs)
         assert len(server.requests) == 2
         again = vlm.generate_many(reqs)
@@ -268,7 +269,7 @@ def test_budget_stops_requests_once_spent(server, tmp_path, caplog):
 
 
 def test_ledger_shares_one_total_across_workers(ray_local):
-    handle = create_ledger("test-vlm-ledger")  # noqa: F841 - the driver keeps the ledger alive
+    ledger = create_ledger("test-vlm-ledger")  # the driver holds the handle while workers use the name
     first, second = Budget(5.0, ledger_name="test-vlm-ledger"), Budget(5.0, ledger_name="test-vlm-ledger")
     first.charge(3.0)
     second.check()  # 3 < 5
@@ -276,6 +277,7 @@ def test_ledger_shares_one_total_across_workers(ray_local):
     assert first.spent() == pytest.approx(6.0)
     with pytest.raises(VLMError, match=r"^budget_exhausted: spent \$6\.0000 of \$5\.0000"):
         first.check()
+    ray_local.kill(ledger)
 
 
 # ---- flow control -----------------------------------------------------------------------------
@@ -311,6 +313,18 @@ def test_backend_is_created_without_network_and_reused_across_batches(server):
 
 
 # ---- pure helpers -----------------------------------------------------------------------------
+
+
+def test_parse_reply_outcomes():
+    text = json.dumps(ANNOTATION.model_dump(mode="json"))
+    assert parse_reply(TransitionAnnotation, text) == (ANNOTATION, None)
+    assert parse_reply(TransitionAnnotation, f"```json\n{text}\n```")[0] == ANNOTATION  # fenced, as some servers do
+    # A raw TAB inside a string (xgrammar lets control characters into length-limited strings).
+    tabbed, error = parse_reply(TransitionAnnotation, text.replace("Remove the man", "Remove\tthe man"))
+    assert error is None and tabbed.summary_change.startswith("Remove\tthe")
+    assert parse_reply(TransitionAnnotation, "")[1] == "invalid_json: empty response text"
+    assert parse_reply(TransitionAnnotation, "[1, 2")[1].startswith("invalid_json: ")
+    assert parse_reply(TransitionAnnotation, "{}")[1].startswith("schema_mismatch: frame1_caption: Field required")
 
 
 def test_retry_after_parsing_and_backoff():

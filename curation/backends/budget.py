@@ -50,7 +50,8 @@ def create_ledger(name: str) -> Any:
 
 class Budget:
     """`max_usd=None` means no cap (spend is still counted). With `ledger_name`, the total lives in
-    the named Ray actor so that every worker of a stage draws on one budget."""
+    the named Ray actor so that every worker of a stage draws on one budget (each check is one
+    actor round trip; the backend makes it off its event loop)."""
 
     def __init__(self, max_usd: float | None, ledger_name: str | None = None):
         if max_usd is not None and max_usd < 0:

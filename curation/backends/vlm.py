@@ -23,6 +23,7 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -47,24 +48,28 @@ class VLMConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["openai", "gemini", "local"] = Field(description="openai (OpenAI, vLLM, SGLang), gemini, or local transformers")
+    backend: Literal["openai", "gemini", "local"] = Field(
+        description="openai (OpenAI, vLLM, SGLang), gemini, or local (transformers)")
     model: str = Field(description="API model name, or (local) a hub id, a local path or tiny:qwen2-vl")
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint (e.g. http://host:8000/v1) or a Gemini base URL override")
-    api_key_env: str | None = Field(None, description="NAME of the environment variable holding the API key; openai without it sends 'EMPTY' (keyless local servers), gemini without it uses the SDK's GEMINI_API_KEY/GOOGLE_API_KEY")
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint (e.g. http://host:8000/v1) or a Gemini base URL override")
+    api_key_env: str | None = Field(
+        None, description="NAME of the env var holding the API key. Unset: openai sends 'EMPTY' (keyless "
+                          "vLLM/SGLang), gemini lets the SDK read GEMINI_API_KEY/GOOGLE_API_KEY")
     max_in_flight: int = Field(8, ge=1, description="requests in flight at once, per worker")
     requests_per_minute: float | None = Field(None, gt=0, description="per worker, paced evenly; None = unlimited")
-    tokens_per_minute: float | None = Field(None, gt=0, description="per worker (prompt + output tokens); None = unlimited")
+    tokens_per_minute: float | None = Field(None, gt=0, description="per worker, prompt + output; None = unlimited")
     max_retries: int = Field(4, ge=0, description="retries on 429/5xx/timeouts/connection errors/empty responses")
     timeout_s: float = Field(60.0, gt=0, description="per HTTP request")
     backoff_initial_s: float = Field(1.0, ge=0, description="first backoff ceiling; doubles per retry (full jitter)")
-    backoff_max_s: float = Field(30.0, ge=0, description="largest backoff ceiling (a server's Retry-After may wait longer)")
+    backoff_max_s: float = Field(30.0, ge=0, description="largest backoff ceiling (a Retry-After may ask for longer)")
     temperature: float = Field(0.0, ge=0, description="sampling temperature; 0 = greedy")
     max_tokens: int = Field(1024, ge=1, description="output token limit per request")
-    usd_per_mtok_input: float = Field(0.0, ge=0, description="price per million prompt tokens, for cost and budget")
-    usd_per_mtok_output: float = Field(0.0, ge=0, description="price per million output tokens, for cost and budget")
+    usd_per_mtok_input: float = Field(0.0, ge=0, description="price per million prompt tokens (cost, budget)")
+    usd_per_mtok_output: float = Field(0.0, ge=0, description="price per million output tokens (cost, budget)")
     cache: bool = Field(True, description="reuse stored responses for identical requests")
-    cache_dir: str | None = Field(None, description="response cache location (path or URI); None = <CURATE_CACHE>/vlm")
-    image_max_side: int | None = Field(1024, ge=16, description="shrink larger images (aspect kept) before sending; None = as is")
+    cache_dir: str | None = Field(None, description="response cache (path or URI); None = <CURATE_CACHE>/vlm")
+    image_max_side: int | None = Field(1024, ge=16, description="shrink larger images (aspect kept); None = as is")
     device: str = Field("auto", description="local only: auto|cpu|cuda|cuda:N")
     dtype: str = Field("auto", description="local only: auto (bf16 on GPU, fp32 on CPU) or a torch dtype name")
     local_batch_size: int = Field(8, ge=1, description="local only: requests per batched generate()")
@@ -179,7 +184,9 @@ def parse_reply(schema: type[BaseModel], raw: str) -> tuple[BaseModel | None, st
     if not text:
         return None, "invalid_json: empty response text"
     try:
-        data = json.loads(text)
+        # strict=False accepts raw control characters inside strings: xgrammar 0.2.8 lets them
+        # through in strings that carry minLength/maxLength (e.g. a TAB in summary_change).
+        data = json.loads(text, strict=False)
     except json.JSONDecodeError as e:
         return None, f"invalid_json: {e.msg} at line {e.lineno} column {e.colno}"
     try:
@@ -229,10 +236,13 @@ def estimate_tokens(prompt: str, n_images: int, max_tokens: int) -> int:
 
 
 class _LoopThread:
-    """One asyncio event loop running in a daemon thread for the backend's whole life."""
+    """One asyncio event loop running in a daemon thread for the backend's whole life. Its
+    default executor (used by `asyncio.to_thread`: cache I/O, image preparation, budget checks)
+    is sized to the requests in flight, so a slow cache filesystem does not serialise them."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, workers: int):
         self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-io"))
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
@@ -250,7 +260,7 @@ class _LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=30)
         if not self.loop.is_running():
-            self.loop.close()
+            self.loop.close()  # also shuts its default executor down
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,7 +361,7 @@ class VLMBackend(ABC):
     def _loop(self) -> _LoopThread:
         with self._thread_lock:
             if self._thread is None:
-                self._thread = _LoopThread(f"vlm-{self.backend}")
+                self._thread = _LoopThread(f"vlm-{self.backend}", workers=self._max_in_flight() + 4)
             return self._thread
 
     def _api_key(self) -> str | None:
@@ -397,8 +407,9 @@ class VLMBackend(ABC):
         except VLMError as e:
             return e
         except Exception as e:  # noqa: BLE001 - never let one request fail the batch
-            log.debug("unexpected VLM failure", exc_info=True)
-            return VLMError(f"vlm_internal: {type(e).__name__}: {short(self._scrub(str(e)))}")
+            reason = f"vlm_internal: {type(e).__name__}: {short(self._scrub(str(e)))}"
+            log.warning("%s: %s", self.model_id(), reason)
+            return VLMError(reason)
 
     def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.cfg.usd_per_mtok_input + completion_tokens * self.cfg.usd_per_mtok_output) / 1e6
@@ -415,6 +426,8 @@ class VLMBackend(ABC):
     def _failure(self, exc: Exception) -> Failure:
         if isinstance(exc, EmptyResponse):
             return exc.failure
+        if isinstance(exc, VLMError):  # a backend's own verdict on this request
+            return Failure(exc.reason, retryable=False)
         if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
             return Failure(f"vlm_timeout: no response within {self.cfg.timeout_s:g}s", retryable=True)
         failure = self._classify(exc)
@@ -473,7 +486,8 @@ class VLMBackend(ABC):
         self._limiter.settle(estimate, done.prompt_tokens + done.completion_tokens)
         usd = await self._charge(usage, done.prompt_tokens, done.completion_tokens)
         if key is not None:
-            this_call = VLMUsage(requests=1, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens, usd=usd)
+            this_call = VLMUsage(requests=1, prompt_tokens=done.prompt_tokens,
+                                 completion_tokens=done.completion_tokens, usd=usd)
             await asyncio.to_thread(self.cache.put, key, done.raw, this_call.model_dump(), self.model_id())
         parsed, error = parse_reply(req.schema, done.raw)
         return VLMReply(parsed, done.raw, usage, error)

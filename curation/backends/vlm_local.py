@@ -18,14 +18,24 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from curation.backends.budget import Budget
 from curation.backends.limits import Failure
-from curation.backends.vlm import Completion, VLMBackend, json_schema_of, short
+from curation.backends.vlm import Completion, VLMBackend, VLMConfig, VLMError, json_schema_of, short
 
 log = logging.getLogger(__name__)
 
 # How long the batcher waits for more requests after the first one arrives: requests of one
 # `generate_many` reach the queue a few milliseconds apart (cache lookups, image preparation).
 BATCH_WINDOW_S = 0.05
+
+
+def _decode_images(images: list[bytes]) -> list[Any]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return [Image.open(io.BytesIO(img)).convert("RGB") for img in images]
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise VLMError(f"vlm_bad_image: {short(str(e), 120)}") from e
 
 
 def pick_device(device: str) -> str:
@@ -71,8 +81,8 @@ class _Grammars:
 class LocalVLM(VLMBackend):
     backend = "local"
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, cfg: VLMConfig, budget: Budget | None = None):
+        super().__init__(cfg, budget)
         self.batch_size_counts: Counter[int] = Counter()  # batch size -> how many batches ran
         self.random_weights = False
 
@@ -105,8 +115,8 @@ class LocalVLM(VLMBackend):
         self._tokenizer = self._processor.tokenizer
         self._tokenizer.padding_side = "left"  # generation appends on the right
         eos = self._model.generation_config.eos_token_id
-        self._stop_ids = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
-                                 *([self._tokenizer.eos_token_id] if self._tokenizer.eos_token_id is not None else [])})
+        stop = {*(eos if isinstance(eos, list) else [eos]), self._tokenizer.eos_token_id}
+        self._stop_ids = sorted(i for i in stop if i is not None)
         vocab_size = self._model.get_output_embeddings().weight.shape[0]
         self._grammars = _Grammars(self._tokenizer, vocab_size, self._stop_ids)
         log.info("local VLM %s loaded from %s on %s%s", self.cfg.model, resolved.path, device,
@@ -127,8 +137,10 @@ class LocalVLM(VLMBackend):
 
     # ---- batching -------------------------------------------------------------------------------
     async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel]) -> Completion:
+        # Decode here, per request, so one undecodable image fails its request, not its batch.
+        pil_images = await asyncio.to_thread(_decode_images, images)
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(((prompt, images, schema), future))
+        await self._queue.put(((prompt, pil_images, schema), future))
         return await future
 
     async def _batcher(self) -> None:
@@ -160,10 +172,9 @@ class LocalVLM(VLMBackend):
                 if not future.done():
                     future.set_result(result)
 
-    def _generate(self, items: list[tuple[str, list[bytes], type[BaseModel]]]) -> list[Completion]:
+    def _generate(self, items: list[tuple[str, list[Any], type[BaseModel]]]) -> list[Completion]:
         """One batched, grammar-constrained generate() (runs in a worker thread)."""
         import torch
-        from PIL import Image
         from xgrammar.contrib.hf import LogitsProcessor
 
         texts, images = [], []
@@ -171,7 +182,7 @@ class LocalVLM(VLMBackend):
             content = [{"type": "text", "text": prompt}] + [{"type": "image"} for _ in imgs]
             texts.append(self._processor.apply_chat_template(
                 [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False))
-            images.extend(Image.open(io.BytesIO(img)).convert("RGB") for img in imgs)
+            images.extend(imgs)
         inputs = self._processor(text=texts, images=images or None, padding=True, return_tensors="pt")
         inputs = inputs.to(self._model.device)
         sampling: dict[str, Any] = (
