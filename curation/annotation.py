@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
 ENTITY_ID = re.compile(r"^(char|obj)[1-9][0-9]*$")
+MAX_ENTITIES = 12  # per caption / change map: a frame pair worth annotating has a handful
 CameraLabel = Literal["none", "orbit", "dolly-in", "dolly-out", "pan-left", "pan-right", "tilt-up", "tilt-down"]
 CAMERA_LABELS: tuple[str, ...] = CameraLabel.__args__  # type: ignore[attr-defined]
 
@@ -31,16 +32,22 @@ class FrameCaption(RootModel[dict[str, str]]):
         bad = [k for k in keys if k != "scene" and not ENTITY_ID.match(k)]
         if bad:
             raise ValueError(f"caption keys must be 'scene', 'charN' or 'objN'; got {bad}")
+        if len(keys) > MAX_ENTITIES + 1:
+            raise ValueError(f"caption has {len(keys) - 1} entities; at most {MAX_ENTITIES}")
         return self
 
     @classmethod
     def __get_pydantic_json_schema__(cls, core_schema, handler):  # noqa: ANN001 - pydantic hook
         # Explicit so every backend (OpenAI json_schema, Gemini, xgrammar) gets the same shape.
+        # `propertyNames` lets grammar-constrained decoders (xgrammar locally, vLLM/SGLang) enforce
+        # the key pattern instead of leaving it to validation and a retry.
         return {
             "type": "object",
             "properties": {"scene": {"type": "string"}},
             "required": ["scene"],
             "additionalProperties": {"type": "string"},
+            "propertyNames": {"pattern": "^(scene|(char|obj)[1-9][0-9]*)$"},
+            "maxProperties": MAX_ENTITIES + 1,
             "description": "scene plus one entry per character (char1, char2, ...) and object (obj1, ...)",
         }
 
@@ -52,8 +59,16 @@ class TransitionAnnotation(BaseModel):
 
     frame1_caption: FrameCaption
     frame2_caption: FrameCaption
-    character_change: dict[str, str] = Field(description="charN -> how that character changed; empty string if it did not")
-    object_change: dict[str, str] = Field(description="objN -> how that object changed; empty string if it did not")
+    character_change: dict[str, str] = Field(
+        description="charN -> how that character changed; empty string if it did not",
+        max_length=MAX_ENTITIES,
+        json_schema_extra={"propertyNames": {"pattern": ENTITY_ID.pattern}},
+    )
+    object_change: dict[str, str] = Field(
+        description="objN -> how that object changed; empty string if it did not",
+        max_length=MAX_ENTITIES,
+        json_schema_extra={"propertyNames": {"pattern": ENTITY_ID.pattern}},
+    )
     global_change: str = Field(description="scene-wide change (lighting, weather, style), or empty")
     camera_change: str = Field(description="camera motion between the frames, or 'none'")
     other_change: str = Field(description="any other change, or empty")
@@ -66,6 +81,13 @@ class TransitionAnnotation(BaseModel):
         if bad:
             raise ValueError(f"change keys must be 'charN' or 'objN'; got {bad}")
         return changes
+
+    @field_validator("summary_change")
+    @classmethod
+    def _instruction_has_text(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("summary_change is blank")
+        return text
 
     def changed_entities(self) -> list[tuple[str, str | None, str | None]]:
         """(entity id, description in frame 1, description in frame 2) for every entity whose

@@ -138,6 +138,17 @@ def _find(run_dir: str, dirs: list[str], sample_id: str) -> tuple[str, dict[str,
     return None
 
 
+def _statuses(run_dir: str, dirs: list[str], sample_id: str) -> list[tuple[str, str]]:
+    """(stage dir, status) of every stage whose manifest holds `sample_id`, oldest first."""
+    out = []
+    for d in dirs:
+        where = mf.join(run_dir, d)
+        if mf.list_files(where, prefix="part-", suffix=".parquet"):
+            table = mf.read_table(where, columns=["status"], filter=pc.field("sample_id") == sample_id)
+            out.extend((d, status) for status in table.column("status").to_pylist()[-1:])
+    return out
+
+
 @app.command()
 def show(
     run_dir: str = typer.Argument(..., help="a run directory"),
@@ -154,7 +165,10 @@ def show(
     typer.echo(json.dumps(_printable(row), indent=2, default=str))
     typer.secho("lineage", bold=True)
     depth, frontier = 0, row.get("parent_ids") or []
-    typer.echo(f"  {row['kind']} {sample_id} [{where}] {row['status']}" + (f" ({row['reason']})" if row.get("reason") else ""))
+    # Stages that enrich a sample (annotate, ground, ...) keep its id: list each one it went through.
+    history = [(d, status) for d, status in _statuses(run_dir, dirs, sample_id)]
+    path = " -> ".join(f"{d} {status}" for d, status in history)
+    typer.echo(f"  {row['kind']} {sample_id} [{path}]" + (f" ({row['reason']})" if row.get("reason") else ""))
     while frontier:
         depth += 1
         next_frontier = []

@@ -144,7 +144,8 @@ def test_status_and_show_report_counts_and_lineage(example_run):
     shown = curate("show", str(example_run), sample_id).stdout
     assert sample_id in shown and "lineage" in shown
     # session <- clip <- video <- source: every hop is printed with its stage directory
-    for where in ("05-ground", "02-scene_split", "01-ingest", "01-ingest/_input"):
+    assert "[03-sample_frames ok -> 04-annotate ok -> 05-ground ok -> 06-shard ok]" in shown
+    for where in ("02-scene_split", "01-ingest", "01-ingest/_input"):
         assert f"[{where}]" in shown
     missing = curate("show", str(example_run), "nope", check=False)
     assert missing.returncode == 1 and "nope" in missing.stderr

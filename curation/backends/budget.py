@@ -104,6 +104,8 @@ class Budget:
             with self._lock:
                 self._local_total += usd
             return
-        # Fire and forget: calls from one caller to an actor run in order, so a later check()
-        # from this worker already sees this charge.
-        self._handle().add.remote(usd)
+        # Waited for (the backend calls this off its event loop), so any later check() from any
+        # thread of this worker sees the charge.
+        import ray
+
+        ray.get(self._handle().add.remote(usd))

@@ -472,6 +472,10 @@ class VLMBackend(ABC):
                     failure = self._failure(exc)
                     if isinstance(exc, EmptyResponse):
                         await self._charge(usage, exc.prompt_tokens, exc.completion_tokens)
+                if done is not None:
+                    # Charged before the slot is released, so the next request's budget check
+                    # sees it: with max_in_flight=1 the budget is never overshot.
+                    usd = await self._charge(usage, done.prompt_tokens, done.completion_tokens)
             if done is not None:
                 break
             reason = self._scrub(failure.reason)
@@ -484,7 +488,6 @@ class VLMBackend(ABC):
             await asyncio.sleep(delay)
 
         self._limiter.settle(estimate, done.prompt_tokens + done.completion_tokens)
-        usd = await self._charge(usage, done.prompt_tokens, done.completion_tokens)
         if key is not None:
             this_call = VLMUsage(requests=1, prompt_tokens=done.prompt_tokens,
                                  completion_tokens=done.completion_tokens, usd=usd)
