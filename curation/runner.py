@@ -255,7 +255,12 @@ def run_map_stage(stage: Stage, fragments: list[Fragment], progress: bool) -> in
         out_ds = rows_ds.map_batches(
             StageWorker,
             fn_constructor_kwargs={"stage": stage},
-            compute=ray.data.ActorPoolStrategy(min_size=res.concurrency[0], max_size=res.concurrency[1]),
+            compute=ray.data.ActorPoolStrategy(
+                min_size=res.concurrency[0],
+                max_size=res.concurrency[1],
+                max_concurrent_calls_per_actor=res.calls_per_worker if res.calls_per_worker > 1 else None,
+                enable_true_multi_threading=res.calls_per_worker > 1,  # else Ray runs the calls one at a time
+            ),
             batch_size=res.batch_size,
             batch_format="pyarrow",
             num_cpus=res.num_cpus,

@@ -29,6 +29,9 @@ class Resources(BaseModel):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per worker (fractional ok)")
     batch_size: int = Field(8, ge=1, description="rows per batch handed to the stage")
     concurrency: tuple[int, int] = Field((1, 2), description="(min, max) workers in the actor pool")
+    calls_per_worker: int = Field(
+        1, ge=1, description="batches one worker runs at once (threads); >1 only for thread-safe, I/O-bound "
+        "stages such as API calls, so the next batch's requests start while the last ones drain")
 
     @model_validator(mode="after")
     def _check_concurrency(self) -> "Resources":

@@ -4,6 +4,7 @@ outcomes, and, through the Ray runner, the response cache, cost accounting and t
 
 from __future__ import annotations
 
+import base64
 import json
 
 import cv2
@@ -111,15 +112,24 @@ def test_a_schema_breaking_answer_is_asked_again_with_the_error(tmp_path):
 
 
 def test_pairs_failing_twice_are_recorded_per_turn_and_a_session_without_valid_turns_is_dropped(tmp_path):
-    with openai_server(default=raw_text("{not json")) as server:
-        # session s0 (3 frames): its first pair fails twice, its second pair is valid.
-        server.enqueue(raw_text("{not json"), ok(VALID), raw_text("{not json"))
-        out = annotate(session_rows([3, 2]), vlm(server, tmp_path, max_in_flight=1))  # in order
+    rows = session_rows([3, 2])
+    # Bad answers for the pairs starting at s0's frame 0 and s1's frame 0, whatever order they arrive in.
+    bad_first_frames = [base64.b64encode(rows[0]["frames"][0]).decode(), base64.b64encode(rows[1]["frames"][0]).decode()]
+
+    def answer(body_text: str):
+        body = json.loads(body_text)
+        first_image = next(p["image_url"]["url"] for p in body["messages"][0]["content"] if p["type"] == "image_url")
+        return "not an annotation" if first_image.split(",", 1)[1] in bad_first_frames else VALID
+
+    with openai_server(default=ok_from_prompt(answer)) as server:
+        server.prompt_of = json.dumps  # hand the whole request body to `answer`
+        out = annotate(rows, vlm(server, tmp_path))
+        assert len(server.requests) == 3 + 2  # three pairs, two of them asked again
     s0, s1 = out
     assert s0["status"] == "ok"
     assert s0["turns"][0]["error"].startswith("invalid_json") and s0["turns"][0]["annotation"] is None
-    assert s0["turns"][1]["annotation"] is not None
-    assert s1["status"] == "dropped" and s1["reason"].startswith("no_valid_turn")
+    assert s0["turns"][1]["annotation"] is not None and s0["turns"][1]["error"] is None
+    assert s1["status"] == "dropped" and s1["reason"].startswith("no_valid_turn: 0 of 1")
     assert s1["turns"][0]["error"].startswith("invalid_json")
 
 
