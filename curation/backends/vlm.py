@@ -14,6 +14,7 @@ every batch there. Nothing connects in `__init__`.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import io
 import json
@@ -343,6 +344,7 @@ class VLMBackend(ABC):
             thread, self._thread = self._thread, None
         if thread is None:
             return
+        atexit.unregister(self.close)
         try:
             if self._opened:
                 thread.run(self._aclose())
@@ -362,6 +364,9 @@ class VLMBackend(ABC):
         with self._thread_lock:
             if self._thread is None:
                 self._thread = _LoopThread(f"vlm-{self.backend}", workers=self._max_in_flight() + 4)
+                # A Ray worker exits without anyone calling close(): release clients and tasks
+                # first, so the interpreter does not destroy them while pending.
+                atexit.register(self.close)
             return self._thread
 
     def _api_key(self) -> str | None:
