@@ -41,6 +41,14 @@ class Resources(BaseModel):
         return self
 
 
+def failure_reason(e: Exception) -> str:
+    """The reason recorded on a row that failed: a StageError's own, else the exception and where it was raised."""
+    if isinstance(e, StageError):
+        return e.reason
+    where = traceback.extract_tb(e.__traceback__)[-1]
+    return f"{type(e).__name__}: {e} ({where.name}:{where.lineno})"
+
+
 class StageError(Exception):
     """A per-sample failure with a short, stable reason (e.g. `decode_failed: truncated`)."""
 
@@ -94,11 +102,8 @@ class Stage(BaseModel):
         for row in batch.to_pylist():
             try:
                 out.extend(self.process(row))
-            except StageError as e:
-                out.append(self.error_row(row, e.reason))
             except Exception as e:  # noqa: BLE001 - a bad sample must not stop the run
-                where = traceback.extract_tb(e.__traceback__)[-1]
-                out.append(self.error_row(row, f"{type(e).__name__}: {e} ({where.name}:{where.lineno})"))
+                out.append(self.error_row(row, failure_reason(e)))
         return rows_to_table(out, self.output_schema(batch.schema))
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:

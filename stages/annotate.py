@@ -70,6 +70,7 @@ class Annotate(Stage):
     def setup(self) -> None:
         budget = Budget(self.max_usd, self._ledger_name) if self.max_usd is not None else None
         self._backend = make_vlm(self.vlm, budget)
+        self._backend.open()  # load the local model / create clients once per worker, here
 
     def __getstate__(self) -> dict[str, Any]:
         # The ledger handle and a loaded backend stay where they were made; workers get the name.

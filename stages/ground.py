@@ -12,7 +12,6 @@ outcome, VINCIE uses RoE maps only some of the time); `unannotated` (the turn ha
 
 from __future__ import annotations
 
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -27,7 +26,7 @@ from curation.backends.models import describe_model
 from curation.backends.segment import Sam2Segmenter, SegmenterConfig
 from curation.manifest import rows_to_table
 from curation.roe import FrameRegions, fuse_turn
-from curation.stage import Resources, Stage, StageError
+from curation.stage import Resources, Stage, StageError, failure_reason
 
 
 class Detection(BaseModel):
@@ -113,7 +112,7 @@ class Ground(Stage):
             try:
                 plans.append((i, plan_session(row)))
             except Exception as e:  # noqa: BLE001 - a bad sample must not stop the run
-                results[i] = self.error_row(row, _reason(e))
+                results[i] = self.error_row(row, failure_reason(e))
         try:
             self.run_models([p for _, p in plans])
             results.update({i: self._session_row(p) for i, p in plans})
@@ -123,7 +122,7 @@ class Ground(Stage):
                     self.run_models([p])
                     results[i] = self._session_row(p)
                 except Exception as e:  # noqa: BLE001
-                    results[i] = self.error_row(p.row, _reason(e))
+                    results[i] = self.error_row(p.row, failure_reason(e))
         out = [results[i] for i in range(len(rows))]
         return rows_to_table(out, self.output_schema(batch.schema))
 
@@ -217,9 +216,3 @@ def decode_frame(data: bytes, index: int) -> np.ndarray:
         raise StageError(f"decode_failed: frame {index} is not a readable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
-
-def _reason(e: Exception) -> str:
-    if isinstance(e, StageError):
-        return e.reason
-    where = traceback.extract_tb(e.__traceback__)[-1]
-    return f"{type(e).__name__}: {e} ({where.name}:{where.lineno})"

@@ -29,10 +29,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.backends.models import resolve_model
+from curation.backends.models import DEVICE_PATTERN, pick_device, resolve_model
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the input image
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
 
 class DetectorConfig(BaseModel):
@@ -53,14 +52,6 @@ class Detection:
     label: str  # the query's tokens above text_threshold, decoded
     score: float
     box: Box
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def clean_query(text: str) -> str:

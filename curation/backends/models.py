@@ -46,6 +46,18 @@ def describe_model(ref: str) -> str:
     return f"{ref} {RANDOM_WEIGHTS_TAG}" if is_random_weights(ref) else ref
 
 
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"  # what a `device` config option accepts
+
+
+def pick_device(device: str) -> str:
+    """`auto` is the worker's GPU when Ray gave it one (CUDA visible), else the CPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     ref: str  # what the config said

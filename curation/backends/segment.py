@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.backends.detect import DEVICE_PATTERN, Box, pick_device
-from curation.backends.models import resolve_model
+from curation.backends.detect import Box
+from curation.backends.models import DEVICE_PATTERN, pick_device, resolve_model
 
 
 class SegmenterConfig(BaseModel):

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from curation.backends.budget import Budget
+from curation.backends.models import DEVICE_PATTERN
 from curation.backends.limits import Failure, RateLimiter, backoff_delay
 from curation.backends.vlm_cache import VLMCache, cache_key
 
@@ -71,7 +72,7 @@ class VLMConfig(BaseModel):
     cache: bool = Field(True, description="reuse stored responses for identical requests")
     cache_dir: str | None = Field(None, description="response cache (path or URI); None = <CURATE_CACHE>/vlm")
     image_max_side: int | None = Field(1024, ge=16, description="shrink larger images (aspect kept); None = as is")
-    device: str = Field("auto", description="local only: auto|cpu|cuda|cuda:N")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="local only: auto|cpu|cuda|cuda:N")
     dtype: str = Field("auto", description="local only: auto (bf16 on GPU, fp32 on CPU) or a torch dtype name")
     local_batch_size: int = Field(8, ge=1, description="local only: requests per batched generate()")
 
@@ -320,6 +321,15 @@ class VLMBackend(ABC):
     def model_id(self) -> str:
         base = f"{self.backend}:{self.cfg.model}"
         return f"{base}@{self.cfg.base_url}" if self.cfg.base_url else base
+
+    def open(self) -> None:
+        """Create clients / load the model now (a stage's `setup`), not inside the first batch.
+        A failure is only logged here: the first batch retries it and records it on every row."""
+        try:
+            self._loop().run(self._ensure_open())
+        except Exception as e:  # noqa: BLE001 - reported per row by the first batch
+            log.warning("%s: could not open yet (%s); the first batch will retry", self.model_id(),
+                        short(self._scrub(str(getattr(e, "reason", e)))))
 
     def generate_many(self, requests: list[VLMRequest]) -> list[VLMReply | VLMError]:
         """All requests concurrently (bounded by max_in_flight and the rate limits), results in

@@ -38,14 +38,6 @@ def _decode_images(images: list[bytes]) -> list[Any]:
         raise VLMError(f"vlm_bad_image: {short(str(e), 120)}") from e
 
 
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def pick_dtype(dtype: str, device: str) -> Any:
     import torch
 
@@ -104,7 +96,7 @@ class LocalVLM(VLMBackend):
     def _load(self) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from curation.backends.models import resolve_model
+        from curation.backends.models import pick_device, resolve_model
 
         resolved = resolve_model(self.cfg.model)
         self.random_weights = resolved.random_weights
