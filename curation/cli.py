@@ -14,7 +14,7 @@ from curation import manifest as mf
 from curation.config import GROUPS, ConfigError, compose, groups, pipelines
 from curation.runinfo import count_outcomes
 from curation.stage import registry
-from curation.summary import console, outcome_table
+from curation.summary import console, funnel, funnel_table, outcome_table
 
 app = typer.Typer(
     help="curate: turn raw videos, image pairs and edit triplets into WebDataset training shards.\n\n"
@@ -109,6 +109,8 @@ def status(run_dir: str = typer.Argument(..., help="a run directory (the output=
         rows.append((label, counts, {"processed": info.get("processed_total", ""), "wall_s": info.get("wall_s"),
                                      "samples_per_s": info.get("samples_per_s")}))
     console.print(outcome_table(f"run {run_dir}", rows))
+    if len(rows) > 1:
+        console.print(funnel_table("funnel", funnel([(label, counts) for label, counts, _ in rows])))
 
 
 def _printable(row: dict[str, Any]) -> dict[str, Any]:

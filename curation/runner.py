@@ -27,7 +27,7 @@ from curation import manifest as mf
 from curation.config import build_stage
 from curation.ray_env import init_ray
 from curation.runinfo import RunRecord, count_outcomes
-from curation.sources import list_sources, persist_fragments
+from curation.sources import LISTING, list_sources, persist_fragments
 from curation.stage import Resources, SinkStage, Stage
 
 log = logging.getLogger(__name__)
@@ -302,8 +302,15 @@ def run_map_stage(stage: Stage, fragments: list[Fragment], progress: bool) -> in
 def prepare_inputs(name: str, cfg: DictConfig, input_uri: str | None, stage_dir: str) -> list[str]:
     """Input fragment files for a stage: the ingest listing, or the input manifest's parts."""
     if name == "ingest":
-        sources = list_sources(input_uri)
-        return persist_fragments(sources, mf.join(stage_dir, "_input"), int(cfg.ingest.fragment_size))
+        input_dir = mf.join(stage_dir, "_input")
+        if cfg.ingest.get("adapter"):
+            from curation.edit_sources import list_edit_sources, load_adapter
+
+            sources, listing = list_edit_sources(input_uri, load_adapter(cfg.ingest.adapter))
+            mf.write_json_atomic(mf.join(input_dir, LISTING), listing.model_dump())
+        else:
+            sources = list_sources(input_uri)
+        return persist_fragments(sources, input_dir, int(cfg.ingest.fragment_size))
     if input_uri is None:
         raise ValueError(f"stage {name} needs input=<manifest dir> (or a run dir that already holds an earlier stage)")
     parts = mf.list_files(input_uri, prefix="part-", suffix=".parquet")
@@ -328,6 +335,7 @@ def run_stage(name: str, cfg: DictConfig, input_uri: str | None, stage_dir: str)
         stage.on_driver_start()
         try:
             processed = run_map_stage(stage, fragments, bool(cfg.progress))
+            stage.finalize(stage_dir)
         finally:
             stage.on_driver_end()
         done = len(fragments)
@@ -340,7 +348,7 @@ def run_stage(name: str, cfg: DictConfig, input_uri: str | None, stage_dir: str)
 
 def run(cfg: DictConfig) -> list[StageResult]:
     """Run `cfg.stages` in order; each stage reads the previous one's manifest."""
-    from curation.summary import print_stage_summary
+    from curation.summary import console, funnel, funnel_table, print_stage_summary
 
     if not cfg.stages:
         raise ValueError("nothing to run: give stage=<name> or pipeline=<name> (see `curate stages`)")
@@ -362,9 +370,13 @@ def run(cfg: DictConfig) -> list[StageResult]:
             print_stage_summary(result)
         results.append(result)
         input_uri = stage_dir
-    mf.write_json_atomic(
-        mf.join(run_dir, "_summary.json"),
-        {r.name: {"stage_dir": r.stage_dir, "counts": r.counts, "wall_s": round(r.wall_s, 3), **r.extra} for r in results},
-    )
+    summary: dict[str, Any] = {r.name: {"stage_dir": r.stage_dir, "counts": r.counts, "wall_s": round(r.wall_s, 3), **r.extra}
+                               for r in results}
+    if pipeline:
+        rows = funnel([(r.name, r.counts) for r in results])
+        summary["_funnel"] = rows
+        if cfg.progress:
+            console.print(funnel_table(f"funnel: {run_dir}", rows))
+    mf.write_json_atomic(mf.join(run_dir, "_summary.json"), summary)
     return results
 

@@ -23,6 +23,7 @@ MEDIA_EXTENSIONS = frozenset(
 # Column names accepted in a source manifest for the media location, in order of preference.
 URI_COLUMNS = ("source_uri", "uri", "path", "video", "file", "filename")
 SOURCE_MANIFEST_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+LISTING = "_listing.json"  # an edit-dataset adapter's listing counts, beside ingest's input fragments
 
 
 class SourceError(ValueError):

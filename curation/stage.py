@@ -88,6 +88,11 @@ class Stage(BaseModel):
     def on_driver_end(self) -> None:
         """Runs once on the driver after the stage finished (or failed)."""
 
+    def finalize(self, stage_dir: str) -> None:
+        """Runs once on the driver after every fragment is written (also on a rerun that found
+        them all complete): decisions that need every row at once, e.g. a per-category cap, may
+        rewrite the parts here. Must be idempotent, since a run killed here redoes it."""
+
     def run_extra(self, stage_dir: str) -> dict[str, Any]:
         """Stage-specific facts for `_run.json` computed from the finished manifest (e.g. API cost)."""
         return {}

@@ -35,11 +35,48 @@ def outcome_table(title: str, rows: list[tuple[str, dict[str, Any], dict[str, An
     return table
 
 
+def funnel(stages: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per stage of a run, in order: how many samples entered (the previous stage's kept rows; all
+    listed sources for the first), how many it kept, and what it dropped or failed, by reason.
+    The equivalent of Kiwi-Edit's 3.7M -> 477K figure, one row per stage."""
+    rows = []
+    previous_kept: int | None = None
+    for label, counts in stages:
+        entered = counts.get("total", 0) if previous_kept is None else previous_kept
+        kept = counts.get("ok", 0)
+        rows.append({"stage": label, "entered": entered, "kept": kept,
+                     "kept_pct": round(100.0 * kept / entered, 1) if entered else None,
+                     "dropped": counts.get("dropped", {}), "error": counts.get("error", {})})
+        previous_kept = kept
+    return rows
+
+
+def funnel_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=title, show_lines=False)
+    for column in ("stage", "entered", "kept", "kept %", "dropped (by reason)", "errors (by reason)"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["stage"], str(row["entered"]), str(row["kept"]),
+                      "" if row["kept_pct"] is None else f"{row['kept_pct']:.1f}",
+                      f"{sum(row['dropped'].values())}  {_reasons(row['dropped'])}",
+                      f"{sum(row['error'].values())}  {_reasons(row['error'])}")
+    return table
+
+
 def print_stage_summary(result: Any) -> None:
     rate = result.processed / result.wall_s if result.wall_s > 0 and result.processed else None
     extra = {"processed": result.processed, "wall_s": result.wall_s, "samples_per_s": rate}
     note = f"{result.done_fragments} fragment(s) done, {result.skipped_fragments} already complete"
     console.print(outcome_table(f"{result.name} -> {result.stage_dir}  ({note})", [(result.name, result.counts, extra)]))
+    listing = result.extra.get("listing")
+    if listing:
+        unknown = listing.get("unknown_categories") or {}
+        console.print(f"  adapter listing: {listing}" if not isinstance(listing, dict) else
+                      "  adapter: " + ", ".join(f"{k}={v}" for k, v in listing.items()
+                                               if k not in ("unknown_categories",) and not isinstance(v, (dict, list)))
+                      + (f"; by category {listing.get('by_category')}" if listing.get("by_category") else ""))
+        if unknown:
+            console.print(f"  [yellow]unknown categories mapped to other:[/] {unknown}")
     vlm = result.extra.get("vlm")
     if vlm:
         usage = vlm["usage"]

@@ -10,22 +10,17 @@ errors after retries, an exhausted budget) make the whole session `status=error`
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, ClassVar
 
 import pyarrow as pa
-import pyarrow.compute as pc
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field
 
-from curation import manifest as mf
 from curation.annotation import Turn
-from curation.backends.budget import Budget, create_ledger
-from curation.backends.models import describe_model
-from curation.backends.vlm import VLMBackend, VLMConfig, VLMError, VLMReply, VLMRequest, VLMUsage, make_vlm
+from curation.backends.vlm import VLMError, VLMReply, VLMRequest, VLMUsage
 from curation.camera import normalize_camera
 from curation.manifest import rows_to_table
 from curation.prompting import PromptTemplate, load_template
-from curation.stage import Stage
+from curation.vlm_stage import VLMStage
 
 
 class AnnotateColumns(BaseModel):
@@ -33,63 +28,28 @@ class AnnotateColumns(BaseModel):
     vlm_usage: VLMUsage | None = Field(None, description="VLM requests, cache hits, tokens and estimated USD spent on this session")
 
 
-class Annotate(Stage):
+class Annotate(VLMStage):
     """VLM visual-transition annotation of each adjacent frame pair (VINCIE chain-of-thought JSON)."""
 
     name: ClassVar[str] = "annotate"
     version: ClassVar[str] = "1"
     Columns: ClassVar[type[BaseModel]] = AnnotateColumns
 
-    vlm: VLMConfig = Field(description="the VLM backend (top-level `vlm=openai|gemini|local` and `vlm.*` keys)")
-    max_usd: float | None = Field(None, ge=0, description="stop sending requests once the estimated spend reaches this (top-level `budget.max_usd`)")
     template: str = Field("transition_annotation", description="prompt template name (prompts/); its hash is in the cache key and _run.json")
     caption_column: str | None = Field("caption", description="source column whose text fills the template's caption slot when present")
-    validation_retries: int = Field(1, ge=0, description="times a pair whose answer fails the schema is asked again with the error")
     min_valid_turns: int = Field(1, ge=1, description="sessions with fewer valid turns are dropped (reason no_valid_turn)")
-
-    _backend: VLMBackend | None = PrivateAttr(default=None)
-    _ledger_name: str | None = PrivateAttr(default=None)
-    _ledger: Any = PrivateAttr(default=None)
-
-    # ---- lifecycle -------------------------------------------------------------------------
-    def on_driver_start(self) -> None:
-        """One spend total for all workers: a named Ray actor, owned by the driver."""
-        import ray
-
-        if self.max_usd is not None and ray.is_initialized():
-            self._ledger_name = f"curate-vlm-ledger-{uuid.uuid4().hex[:12]}"
-            self._ledger = create_ledger(self._ledger_name)
-
-    def on_driver_end(self) -> None:
-        if self._ledger is not None:
-            import ray
-
-            ray.kill(self._ledger)
-            self._ledger = None
-
-    def setup(self) -> None:
-        budget = Budget(self.max_usd, self._ledger_name) if self.max_usd is not None else None
-        self._backend = make_vlm(self.vlm, budget)
-        self._backend.open()  # load the local model / create clients once per worker, here
-
-    def __getstate__(self) -> dict[str, Any]:
-        # The ledger handle and a loaded backend stay where they were made; workers get the name.
-        state = super().__getstate__()
-        private = dict(state.get("__pydantic_private__") or {})
-        private.update(_backend=None, _ledger=None)
-        state["__pydantic_private__"] = private
-        return state
 
     def prompt(self) -> PromptTemplate:
         return load_template(self.template)
 
+    def templates(self) -> list[PromptTemplate]:
+        return [self.prompt()]
+
     def model_ids(self) -> dict[str, str]:
-        where = f"@{self.vlm.base_url}" if self.vlm.base_url else ""
-        return {"vlm": f"{self.vlm.backend}:{describe_model(self.vlm.model)}{where}", "prompt": self.prompt().version}
+        return {"vlm": super().model_ids()["vlm"], "prompt": self.prompt().version}
 
     # ---- work ------------------------------------------------------------------------------
     def __call__(self, batch: pa.Table) -> pa.Table:
-        self.ensure_setup()
         template = self.prompt()
         rows = batch.to_pylist()
         pairs = [(r, k) for r, row in enumerate(rows) for k in range(max(0, len(row.get("frames") or []) - 1))]
@@ -100,18 +60,10 @@ class Annotate(Stage):
             text = template.render(caption=captions[r], feedback=feedback)
             return VLMRequest(prompt=text, images=[frames[k], frames[k + 1]], schema=template.schema, cache_salt=template.hash)
 
-        replies: list[VLMReply | VLMError] = self._backend.generate_many([request(r, k, None) for r, k in pairs])
+        replies, pair_usage = self.ask([request(r, k, None) for r, k in pairs], lambda i, error: request(*pairs[i], error))
         usage = [VLMUsage() for _ in rows]
-        for (r, _), reply in zip(pairs, replies):
-            usage[r] = usage[r] + _usage_of(reply)
-        for _ in range(self.validation_retries):
-            again = [i for i, reply in enumerate(replies) if isinstance(reply, VLMReply) and reply.parsed is None]
-            if not again:
-                break
-            retried = self._backend.generate_many([request(*pairs[i], replies[i].error) for i in again])
-            for i, reply in zip(again, retried):
-                usage[pairs[i][0]] = usage[pairs[i][0]] + _usage_of(reply)
-                replies[i] = reply
+        for (r, _), spent in zip(pairs, pair_usage):
+            usage[r] = usage[r] + spent
 
         turns: list[list[Turn]] = [[] for _ in rows]
         failures: list[list[str]] = [[] for _ in rows]
@@ -139,30 +91,6 @@ class Annotate(Stage):
             reason = f"no_valid_turn: {valid} of {len(turns)} turns validated; first error {first}"
             return {**self.error_row(row, reason, "dropped"), **columns}
         return self.enrich(row, **columns)
-
-    # ---- _run.json -------------------------------------------------------------------------
-    def run_extra(self, stage_dir: str) -> dict[str, Any]:
-        """Tokens and cost over the whole manifest (all attempts), and how many hit the budget."""
-        table = mf.read_table(stage_dir, columns=["vlm_usage", "reason"])
-        total = VLMUsage()
-        if "vlm_usage" in table.column_names:
-            for item in table.column("vlm_usage").to_pylist():
-                if item:
-                    total = total + VLMUsage(**item)
-        exhausted = 0
-        if table.num_rows:
-            exhausted = pc.sum(pc.starts_with(pc.fill_null(table.column("reason"), ""), "budget_exhausted")).as_py() or 0
-        return {"vlm": {
-            "model": self.model_ids()["vlm"],
-            "prompt": self.prompt().version,
-            "usage": total.model_dump(),
-            "budget_max_usd": self.max_usd,
-            "budget_exhausted": exhausted,
-        }}
-
-
-def _usage_of(reply: VLMReply | VLMError) -> VLMUsage:
-    return reply.usage if isinstance(reply, VLMReply) else (reply.usage or VLMUsage())
 
 
 def _turn(index: int, reply: VLMReply | VLMError) -> Turn:

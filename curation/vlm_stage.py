@@ -1,0 +1,123 @@
+"""What every stage that asks a VLM shares: the backend's lifecycle on a Ray worker, one spend
+budget for all workers, validation retries, and usage in the manifest and `_run.json`.
+
+A subclass renders its requests and reads the replies; `ask` sends a batch's requests at once
+(so `vlm.max_in_flight` of them overlap), asks again with the validation error any request whose
+answer did not fit its schema, and returns the final reply and the summed usage per request.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow.compute as pc
+from pydantic import Field, PrivateAttr
+
+from curation import manifest as mf
+from curation.backends.budget import Budget, create_ledger
+from curation.backends.models import describe_model
+from curation.backends.vlm import VLMBackend, VLMConfig, VLMError, VLMReply, VLMRequest, VLMUsage, make_vlm
+from curation.prompting import PromptTemplate
+from curation.stage import Stage
+
+Reply = VLMReply | VLMError
+
+
+class VLMStage(Stage):
+    """Base class of the stages that call a VLM (annotate, edit_score, ground_edit, score_reference)."""
+
+    vlm: VLMConfig = Field(description="the VLM backend (top-level `vlm=openai|gemini|local` and `vlm.*` keys)")
+    max_usd: float | None = Field(None, ge=0, description="stop sending requests once the estimated spend reaches this (top-level `budget.max_usd`)")
+    validation_retries: int = Field(1, ge=0, description="times a request whose answer fails the schema is asked again with the error")
+
+    _backend: VLMBackend | None = PrivateAttr(default=None)
+    _ledger_name: str | None = PrivateAttr(default=None)
+    _ledger: Any = PrivateAttr(default=None)
+
+    # ---- what a subclass says ---------------------------------------------------------------
+    def templates(self) -> list[PromptTemplate]:
+        """The prompt templates this stage renders (their versions go into `_run.json`)."""
+        return []
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def on_driver_start(self) -> None:
+        """One spend total for all workers: a named Ray actor, owned by the driver."""
+        import ray
+
+        if self.max_usd is not None and ray.is_initialized():
+            self._ledger_name = f"curate-vlm-ledger-{uuid.uuid4().hex[:12]}"
+            self._ledger = create_ledger(self._ledger_name)
+
+    def on_driver_end(self) -> None:
+        if self._ledger is not None:
+            import ray
+
+            ray.kill(self._ledger)
+            self._ledger = None
+
+    def setup(self) -> None:
+        budget = Budget(self.max_usd, self._ledger_name) if self.max_usd is not None else None
+        self._backend = make_vlm(self.vlm, budget)
+        self._backend.open()  # load the local model / create clients once per worker, here
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The ledger handle and a loaded backend stay where they were made; workers get the name.
+        state = super().__getstate__()
+        private = dict(state.get("__pydantic_private__") or {})
+        private.update(_backend=None, _ledger=None)
+        state["__pydantic_private__"] = private
+        return state
+
+    def model_ids(self) -> dict[str, str]:
+        where = f"@{self.vlm.base_url}" if self.vlm.base_url else ""
+        ids = {"vlm": f"{self.vlm.backend}:{describe_model(self.vlm.model)}{where}"}
+        ids.update({f"prompt:{t.name}": t.version for t in self.templates()})
+        return ids
+
+    # ---- asking ----------------------------------------------------------------------------
+    def ask(self, requests: list[VLMRequest], again: Callable[[int, str], VLMRequest]) -> tuple[list[Reply], list[VLMUsage]]:
+        """All requests at once; a reply that did not validate is asked again (up to
+        `validation_retries` times) with `again(i, error)`, the request carrying the feedback.
+        Returns the final reply per request and everything each one cost."""
+        self.ensure_setup()
+        replies: list[Reply] = self._backend.generate_many(requests) if requests else []
+        usage = [usage_of(r) for r in replies]
+        for _ in range(self.validation_retries):
+            retry = [i for i, r in enumerate(replies) if isinstance(r, VLMReply) and r.parsed is None]
+            if not retry:
+                break
+            for i, reply in zip(retry, self._backend.generate_many([again(i, replies[i].error) for i in retry])):
+                usage[i] = usage[i] + usage_of(reply)
+                replies[i] = reply
+        return replies, usage
+
+    # ---- _run.json -------------------------------------------------------------------------
+    def run_extra(self, stage_dir: str) -> dict[str, Any]:
+        """Tokens and cost over the whole manifest (all attempts), and how many hit the budget."""
+        table = mf.read_table(stage_dir, columns=["vlm_usage", "reason"])
+        total = VLMUsage()
+        if "vlm_usage" in table.column_names:
+            for item in table.column("vlm_usage").to_pylist():
+                if item:
+                    total = total + VLMUsage(**item)
+        exhausted = 0
+        if table.num_rows:
+            exhausted = pc.sum(pc.starts_with(pc.fill_null(table.column("reason"), ""), "budget_exhausted")).as_py() or 0
+        return {"vlm": {
+            "model": self.model_ids()["vlm"],
+            "prompts": {t.name: t.version for t in self.templates()},
+            "usage": total.model_dump(),
+            "budget_max_usd": self.max_usd,
+            "budget_exhausted": exhausted,
+        }}
+
+
+def usage_of(reply: Reply) -> VLMUsage:
+    return reply.usage if isinstance(reply, VLMReply) else (reply.usage or VLMUsage())
+
+
+def first_failure(replies: list[Reply]) -> str | None:
+    """The reason of the first transport/budget failure among replies (retryable: the sample is an error)."""
+    return next((r.reason for r in replies if isinstance(r, VLMError)), None)
