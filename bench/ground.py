@@ -32,7 +32,7 @@ QUERIES = ["a car", "a person in a jacket"]
 
 def real_frames(videos: Path, per_video: int, max_side: int | None) -> list[np.ndarray]:
     """`per_video` evenly spaced frames of each video, through a JPEG round trip (RGB uint8)."""
-    from stages.sample_frames import encode_jpeg
+    from curation.media.jpeg import encode_jpeg
 
     frames = []
     for path in sorted(p for p in videos.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):

@@ -34,7 +34,8 @@ from latency_server import latency_server  # noqa: E402
 from curation import manifest as mf  # noqa: E402
 from curation.config import compose  # noqa: E402
 from curation.runner import run  # noqa: E402
-from stages.sample_frames import SampleFramesColumns, encode_jpeg  # noqa: E402
+from curation.media.jpeg import encode_jpeg  # noqa: E402
+from stages.sample_frames import SampleFramesColumns  # noqa: E402
 
 ANSWER = {
     "frame1_caption": {"scene": "a street", "obj1": "a white car"},

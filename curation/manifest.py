@@ -243,3 +243,12 @@ def write_json_atomic(uri: str, obj: Any) -> None:
 def read_json(uri: str) -> Any:
     return json.loads(read_bytes(uri))
 
+
+
+def scores_of(row: dict[str, Any]) -> dict[str, float]:
+    """A row's `scores` map as a dict (Arrow maps come back from `to_pylist` as key/value pairs),
+    so a stage can add its scores to the ones earlier stages wrote."""
+    value = row.get("scores")
+    if not value:
+        return {}
+    return dict(value) if isinstance(value, list) else dict(value)

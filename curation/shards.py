@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,11 @@ SHARD_SCHEMA_VERSION = 1
 # Columns never copied into the `json` member: media bytes (they are members of their own) and
 # per-frame timestamp lists that only the decoder needs.
 # `turns` and `roe` have their own members (turns.json, mask_<k>_{src,tgt}.png).
-_NOT_METADATA = {"frames", "frame_pts", "masks", "reference", "embedding", "thumbnail", "turns", "roe"}
+_NOT_METADATA = {"frames", "frame_pts", "masks", "reference", "embedding", "thumbnail", "turns", "roe",
+                 "mask_src", "mask_tgt", "src_frame", "tgt_frame"}
+# Kinds made of a source and a target (and, for quads, a reference); `edit_kind` says whether the
+# media are images (pair) or videos (triplet).
+EDIT_KINDS = ("pair", "triplet", "quad")
 _RESOLUTIONS = (144, 240, 360, 480, 576, 720, 1080, 1440, 2160)
 _ASPECTS = {"1x1": 1.0, "4x3": 4 / 3, "3x4": 3 / 4, "16x9": 16 / 9, "9x16": 9 / 16, "21x9": 21 / 9, "9x21": 9 / 21}
 
@@ -37,8 +42,17 @@ def metadata(row: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def sample_members(row: dict[str, Any]) -> dict[str, bytes]:
-    """Tar members (extension -> bytes) for one sample, by kind. Raises ValueError if media is missing."""
+@dataclass(frozen=True)
+class MediaOptions:
+    """How edit media become members: video clips are re-encoded to H.264, capped in frames."""
+
+    max_frames: int = 81  # Kiwi-Edit and Wan-style trainers take at most 81 frames
+    crf: int = 18  # x264 quality; 18 is visually lossless for training data
+
+
+def sample_members(row: dict[str, Any], media: MediaOptions = MediaOptions()) -> dict[str, bytes]:
+    """Tar members (extension -> bytes) for one sample, by kind. Raises ValueError if media is
+    missing, or a decoder's StageError if an edit's files cannot be read."""
     members: dict[str, bytes] = {}
     if row.get("instruction"):
         members["txt"] = str(row["instruction"]).encode()
@@ -50,10 +64,10 @@ def sample_members(row: dict[str, Any]) -> dict[str, bytes]:
             members[f"frame_{i}.jpg"] = jpeg
         if row.get("turns"):
             members.update(session_turn_members(row))
-    elif frames:
-        raise ValueError(f"kind {row['kind']!r} is not shardable yet")
+    elif row["kind"] in EDIT_KINDS:
+        members.update(edit_members(row, media))
     else:
-        raise ValueError(f"kind {row['kind']!r} has no media to shard")
+        raise ValueError(f"kind {row['kind']!r} has no shard layout (shardable: session, {', '.join(EDIT_KINDS)})")
     members["json"] = json.dumps(metadata(row), sort_keys=True, default=str).encode()
     return members
 
@@ -97,6 +111,53 @@ def session_turn_members(row: dict[str, Any]) -> dict[str, bytes]:
     if instructions:
         members["txt"] = "\n".join(instructions).encode()
     return members
+
+
+def edit_members(row: dict[str, Any], media: MediaOptions) -> dict[str, bytes]:
+    """`src`/`tgt` as `.jpg` (pairs: the original JPEG bytes when they are JPEG) or `.mp4` (triplets:
+    both clips decoded, cut to the same frame count <= max_frames, re-encoded to H.264), `ref.png`
+    for quads, and `mask_src.png`/`mask_tgt.png` once `ground_edit` ran (all-zero for the side it
+    did not ground, so every sample of a kind has the same members, as HF `datasets` requires)."""
+    from curation.media.edit_media import encode_h264, read_clip_pair
+
+    members: dict[str, bytes] = {}
+    if edit_media_kind(row) == "pair":
+        members["src.jpg"] = image_as_jpeg(row["source_uri"])
+        members["tgt.jpg"] = image_as_jpeg(row["target_uri"])
+    else:
+        clip = read_clip_pair(row["source_uri"], row["target_uri"], media.max_frames)
+        members["src.mp4"] = encode_h264(clip.source, clip.fps, crf=media.crf)
+        members["tgt.mp4"] = encode_h264(clip.target, clip.fps, crf=media.crf)
+    if row["kind"] == "quad":
+        if not row.get("reference"):
+            raise ValueError("quad has no reference image")
+        members["ref.png"] = row["reference"]
+    if row.get("edit_boxes") is not None:
+        for side, (w, h) in (("src", (row.get("width"), row.get("height"))),
+                             ("tgt", (row.get("target_width"), row.get("target_height")))):
+            mask = row.get(f"mask_{side}")
+            members[f"mask_{side}.png"] = mask if mask is not None else zero_mask_png(int(w), int(h))
+    return members
+
+
+def edit_media_kind(row: dict[str, Any]) -> str:
+    """pair (images) or triplet (videos) for any edit row, quads included."""
+    kind = row.get("edit_kind") or row["kind"]
+    if kind not in ("pair", "triplet"):
+        raise ValueError(f"edit row of kind {row['kind']!r} has no edit_kind (pair or triplet)")
+    return kind
+
+
+def image_as_jpeg(uri: str, quality: int = 95) -> bytes:
+    """A JPEG file's own bytes (no re-encoding loss); other formats decoded and encoded once."""
+    from curation import manifest as mf
+    from curation.media.edit_media import load_image
+    from curation.media.jpeg import encode_jpeg
+
+    data = mf.read_bytes(uri)
+    if data[:3] == b"\xff\xd8\xff":
+        return data
+    return encode_jpeg(load_image(uri, max_pixels=1 << 27), quality)
 
 
 def zero_mask_png(width: int, height: int) -> bytes:

@@ -25,23 +25,18 @@ from curation.stage import Stage
 Reply = VLMReply | VLMError
 
 
-class VLMStage(Stage):
-    """Base class of the stages that call a VLM (annotate, edit_score, ground_edit, score_reference)."""
+class BudgetedStage(Stage):
+    """A stage that pays for API calls: one spend total (`budget.max_usd`) for all its workers."""
 
-    vlm: VLMConfig = Field(description="the VLM backend (top-level `vlm=openai|gemini|local` and `vlm.*` keys)")
     max_usd: float | None = Field(None, ge=0, description="stop sending requests once the estimated spend reaches this (top-level `budget.max_usd`)")
-    validation_retries: int = Field(1, ge=0, description="times a request whose answer fails the schema is asked again with the error")
 
-    _backend: VLMBackend | None = PrivateAttr(default=None)
     _ledger_name: str | None = PrivateAttr(default=None)
     _ledger: Any = PrivateAttr(default=None)
 
-    # ---- what a subclass says ---------------------------------------------------------------
-    def templates(self) -> list[PromptTemplate]:
-        """The prompt templates this stage renders (their versions go into `_run.json`)."""
-        return []
+    def budget(self) -> Budget | None:
+        """The worker's view of the shared ledger (None: no cap)."""
+        return Budget(self.max_usd, self._ledger_name) if self.max_usd is not None else None
 
-    # ---- lifecycle -------------------------------------------------------------------------
     def on_driver_start(self) -> None:
         """One spend total for all workers: a named Ray actor, owned by the driver."""
         import ray
@@ -57,18 +52,32 @@ class VLMStage(Stage):
             ray.kill(self._ledger)
             self._ledger = None
 
-    def setup(self) -> None:
-        budget = Budget(self.max_usd, self._ledger_name) if self.max_usd is not None else None
-        self._backend = make_vlm(self.vlm, budget)
-        self._backend.open()  # load the local model / create clients once per worker, here
-
     def __getstate__(self) -> dict[str, Any]:
-        # The ledger handle and a loaded backend stay where they were made; workers get the name.
+        # The ledger handle and loaded models/clients stay where they were made; workers get the
+        # ledger's name and set up their own backends.
         state = super().__getstate__()
         private = dict(state.get("__pydantic_private__") or {})
-        private.update(_backend=None, _ledger=None)
+        private.update({name: None for name in private if name != "_ledger_name"}, _ready=False)
         state["__pydantic_private__"] = private
         return state
+
+
+class VLMStage(BudgetedStage):
+    """Base class of the stages that call a VLM (annotate, edit_score, ground_edit, score_reference)."""
+
+    vlm: VLMConfig = Field(description="the VLM backend (top-level `vlm=openai|gemini|local` and `vlm.*` keys)")
+    validation_retries: int = Field(1, ge=0, description="times a request whose answer fails the schema is asked again with the error")
+
+    _backend: VLMBackend | None = PrivateAttr(default=None)
+
+    # ---- what a subclass says ---------------------------------------------------------------
+    def templates(self) -> list[PromptTemplate]:
+        """The prompt templates this stage renders (their versions go into `_run.json`)."""
+        return []
+
+    def setup(self) -> None:
+        self._backend = make_vlm(self.vlm, self.budget())
+        self._backend.open()  # load the local model / create clients once per worker, here
 
     def model_ids(self) -> dict[str, str]:
         where = f"@{self.vlm.base_url}" if self.vlm.base_url else ""

@@ -11,6 +11,7 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from curation.media.decode import read_frames
+from curation.media.jpeg import encode_jpeg
 from curation.stage import Stage, StageError
 
 MIN_SESSION_FRAMES = 2  # one transition needs two frames
@@ -130,8 +131,3 @@ def count_offsets(num_frames: int, n: int) -> list[int]:
     return sorted({int((k + 0.5) * num_frames / n) for k in range(n)})
 
 
-def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise StageError("encode_failed: JPEG encoder refused the frame")
-    return buf.tobytes()

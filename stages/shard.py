@@ -15,8 +15,9 @@ from pydantic import BaseModel, Field
 from curation import manifest as mf
 from curation.runinfo import config_hash
 from curation.runner import MAX_WORKER_RESTARTS
-from curation.shards import SHARD_SCHEMA_VERSION, bucket_key, estimated_tar_bytes, sample_members, write_tar
-from curation.stage import SinkResult, SinkStage
+from curation.shards import (SHARD_SCHEMA_VERSION, MediaOptions, bucket_key, estimated_tar_bytes, sample_members,
+                             write_tar)
+from curation.stage import SinkResult, SinkStage, failure_reason
 
 PLAN = "_plan.parquet"
 
@@ -39,6 +40,8 @@ class Shard(SinkStage):
     max_count: int = Field(gt=0, description="start a new shard after this many samples")
     max_bytes: int = Field(gt=0, description="start a new shard before it would exceed this size (bytes)")
     bucket: bool = Field(description="group shards by resolution/aspect/frame-count bucket: shards/<bucket>/...")
+    max_frames: int = Field(81, gt=0, description="triplets/quads from videos: src.mp4 and tgt.mp4 keep the first min(src, tgt, this) frames")
+    video_crf: int = Field(18, ge=0, le=51, description="x264 CRF for re-encoded src.mp4/tgt.mp4 (lower = better quality, bigger shards)")
 
     # ---- planning --------------------------------------------------------------------------
     def plan(self, input_uri: str) -> pa.Table:
@@ -48,8 +51,7 @@ class Shard(SinkStage):
             table = mf.read_table(part, filter=pc.field("status") == "ok")
             sizes = estimated_tar_bytes(table)
             if self.bucket:
-                frames = (pc.list_value_length(table.column("frames")).to_pylist() if "frames" in table.column_names
-                          else [1] * table.num_rows)
+                frames = self._frame_counts(table)
                 widths, heights = (table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
                                    for c in ("width", "height"))
                 buckets = [bucket_key(w, h, f) for w, h, f in zip(widths, heights, frames)]
@@ -69,6 +71,26 @@ class Shard(SinkStage):
                             ("bytes", pa.int64()), ("shard", pa.string())])
         return pa.Table.from_pylist(rows, schema=schema)
 
+    def _frame_counts(self, table: pa.Table) -> list[int]:
+        """Frames per sample as the trainer will see them: a session's frames, an edit clip's
+        capped common length, 1 for images."""
+        n = table.num_rows
+        if "frames" in table.column_names:
+            sessions = pc.fill_null(pc.list_value_length(table.column("frames")), 0).to_pylist()
+        else:
+            sessions = [0] * n
+        src, tgt = (table.column(c).to_pylist() if c in table.column_names else [None] * n
+                    for c in ("num_frames", "target_num_frames"))
+        counts = []
+        for count, a, b in zip(sessions, src, tgt):
+            if count:
+                counts.append(count)
+            elif a and b:
+                counts.append(min(a, b, self.max_frames))
+            else:
+                counts.append(1)
+        return counts
+
     # ---- one shard (runs as a Ray task) ----------------------------------------------------
     def write_shard(self, shard: str, plan: pa.Table, shards_dir: str, stage_dir: str) -> dict[str, Any]:
         wanted = plan.filter(pc.equal(plan.column("shard"), shard))
@@ -80,11 +102,12 @@ class Shard(SinkStage):
         rows.sort(key=lambda r: order[r["sample_id"]])
 
         samples, bad = [], []
+        media = MediaOptions(max_frames=self.max_frames, crf=self.video_crf)
         for row in rows:
             try:
-                samples.append((row["sample_id"], sample_members(row)))
-            except ValueError as e:
-                bad.append(self.error_row(row, f"unshardable: {e}"))
+                samples.append((row["sample_id"], sample_members(row, media)))
+            except Exception as e:  # noqa: BLE001 - an unreadable sample must not lose its shard
+                bad.append(self.error_row(row, f"unshardable: {failure_reason(e)}"))
         tar_uri = mf.join(shards_dir, shard)
         fs, tar_path = mf.resolve(tar_uri)
         local = isinstance(fs, mf.pafs.LocalFileSystem)
@@ -189,7 +212,9 @@ class Shard(SinkStage):
             "buckets": dict(buckets) if self.bucket else {},
             "shards": per_shard,
             "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
-            "members": "json, txt (instruction), frame_<i>.jpg + turns.json + mask_<k>_src.png/mask_<k>_tgt.png for sessions; see DESIGN.md §5",
+            "members": "json, txt (instruction); sessions: frame_<i>.jpg + turns.json + mask_<k>_src.png/mask_<k>_tgt.png; "
+                       "pairs: src.jpg + tgt.jpg; triplets: src.mp4 + tgt.mp4 (H.264, same frame count); quads: + ref.png; "
+                       "grounded edits: + mask_src.png/mask_tgt.png; see DESIGN.md §5",
         })
 
 

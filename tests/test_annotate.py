@@ -19,7 +19,8 @@ from curation.backends.vlm import VLMConfig
 from curation.config import compose
 from curation.runner import run
 from stages.annotate import Annotate
-from stages.sample_frames import SampleFramesColumns, encode_jpeg
+from curation.media.jpeg import encode_jpeg
+from stages.sample_frames import SampleFramesColumns
 
 from conftest import EXAMPLES
 from fake_vlm_servers import http_error, ok, ok_from_prompt, openai_server, raw_text

@@ -17,7 +17,8 @@ from curation.backends.models import resolve_model
 from curation.backends.segment import SegmenterConfig
 from curation.roe import decode_mask_png
 from stages.ground import Ground
-from stages.sample_frames import SampleFramesColumns, encode_jpeg
+from curation.media.jpeg import encode_jpeg
+from stages.sample_frames import SampleFramesColumns
 
 from conftest import shared_media
 

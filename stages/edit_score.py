@@ -1,0 +1,198 @@
+"""edit_score: a judge scores each edit 0-10 from source, target and instruction, and the
+thresholds keep the good ones (Kiwi-Edit: >= 6 for instruction tuning, > 8 for references).
+
+Judges (`judge=`):
+- `editscore`: EditScore (Luo et al. 2025), VIEScore-style: a semantic-consistency prompt sees
+  source and edited image ([success, over-editing]), a perceptual-quality prompt sees the edited
+  image ([naturalness, artifacts]); overall = sqrt(min(SC) * min(PQ)) on 0-10. Serve it with vLLM
+  behind `vlm=openai vlm.base_url=...`, or run it with `vlm=local`.
+- `vlm`: any VLM with the `edit_judge` prompt, one answer holding the four sub-scores.
+
+A video is judged on `frames` frame pairs spread over the clip, aggregated by `aggregate`.
+`passes` > 1 asks each question several times (EditScore's Avg@N; needs vlm.temperature > 0).
+Categories outside `categories` are dropped before any request is paid for. `per_group_cap`
+keeps at most N samples per (category, dataset) after scoring (RVEDiT's 10,000 clips per
+category per dataset), chosen by a seeded hash so reruns pick the same ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from typing import Any, ClassVar, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from curation import manifest as mf
+from curation.backends.vlm import VLMReply, VLMRequest, VLMUsage
+from curation.judging import (EDIT_SCORE, EditJudgement, EditScorePQ, EditScoreSC, aggregate, editscore_subscores,
+                              judgement_subscores, passes)
+from curation.media.edit_media import pair_frame_indices, read_edit_frames
+from curation.media.jpeg import encode_jpeg
+from curation.prompting import PromptTemplate, load_template
+from curation.stage import Resources, failure_reason
+from curation.vlm_stage import VLMStage, first_failure
+
+CAP_REASON = "stratified_cap"
+
+
+class FrameJudgement(BaseModel):
+    frame: int = Field(description="frame index judged (0 for images)")
+    scores: dict[str, float] = Field(description="sub-scores and overall (edit_score) on 0-10, mean over passes")
+    reasoning: str | None = Field(None, description="the judge's reasoning (first pass; SC then PQ for EditScore)")
+
+
+class EditScoreColumns(BaseModel):
+    scores: dict[str, float] | None = Field(None, description="name -> score; edit_score adds edit_score, edit_success, over_editing, naturalness, artifacts (0-10)")
+    edit_judgements: list[FrameJudgement] | None = Field(None, description="per judged frame pair: sub-scores and reasoning")
+    vlm_usage: VLMUsage | None = Field(None, description="judge requests, cache hits, tokens and estimated USD spent on this sample")
+
+
+class EditScore(VLMStage):
+    """Judge each edit 0-10 (EditScore or a VLM judge) and keep those above the threshold."""
+
+    name: ClassVar[str] = "edit_score"
+    version: ClassVar[str] = "1"
+    Columns: ClassVar[type[BaseModel]] = EditScoreColumns
+
+    judge: Literal["editscore", "vlm"] = Field(description="editscore: EditScore's SC + PQ prompts; vlm: the edit_judge prompt")
+    frames: int = Field(ge=1, description="videos: frame pairs judged per edit, spread uniformly over the common length")
+    aggregate: Literal["mean", "min"] = Field(description="how the frame pairs' scores combine into the edit's")
+    passes: int = Field(ge=1, description="times each question is asked; scores are averaged (EditScore Avg@N)")
+    threshold: float = Field(ge=0, le=10, description="keep edits scoring at least (inclusive) / above (not inclusive) this")
+    inclusive: bool = Field(description="true: keep score >= threshold; false: keep score > threshold")
+    categories: list[str] | None = Field(description="keep only these taxonomy categories (null: all); others are dropped unjudged")
+    per_group_cap: int | None = Field(None, ge=1, description="keep at most this many per (category, dataset) after scoring; null: no cap")
+    seed: int = Field(0, description="seed of the per-group choice (a hash of seed and sample id)")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the frames sent to the judge")
+    max_pixels: int = Field(1 << 26, gt=0, description="image-bomb guard for source/target images")
+    resources: Resources = Field(default_factory=Resources, description="Ray resources per worker")
+
+    def templates(self) -> list[PromptTemplate]:
+        names = ["edit_score_sc", "edit_score_pq"] if self.judge == "editscore" else ["edit_judge"]
+        return [load_template(n) for n in names]
+
+    # ---- work ------------------------------------------------------------------------------
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        out: dict[int, dict[str, Any]] = {}
+        judged: dict[int, list[tuple[int, bytes, bytes]]] = {}  # row -> (frame, source JPEG, target JPEG)
+        for r, row in enumerate(rows):
+            category = row.get("category") or "other"
+            if self.categories is not None and category not in self.categories:
+                out[r] = self.error_row(row, f"category_excluded: {category}", "dropped")
+                continue
+            try:
+                judged[r] = self._frames(row)
+            except Exception as e:  # noqa: BLE001 - a bad sample must not stop the run
+                out[r] = self.error_row(row, failure_reason(e))
+
+        # Every question of every sample in the batch goes out at once.
+        questions = [(r, f, p, q) for r, pairs in judged.items() for f in range(len(pairs))
+                     for p in range(self.passes) for q in range(len(self.templates()))]
+        replies, usage = self.ask([self._request(rows[r], judged[r][f], p, q, None) for r, f, p, q in questions],
+                                  lambda i, error: self._request(rows[questions[i][0]], judged[questions[i][0]][questions[i][1]],
+                                                                 questions[i][2], questions[i][3], error))
+        by_row: dict[int, list[int]] = defaultdict(list)
+        for i, (r, *_rest) in enumerate(questions):
+            by_row[r].append(i)
+        for r in judged:
+            idx = by_row[r]
+            spent = sum((usage[i] for i in idx), VLMUsage())
+            out[r] = self._judged_row(rows[r], judged[r], [questions[i] for i in idx], [replies[i] for i in idx], spent)
+        ordered = [out[r] for r in range(len(rows))]
+        return mf.rows_to_table(ordered, self.output_schema(batch.schema))
+
+    def _frames(self, row: dict[str, Any]) -> list[tuple[int, bytes, bytes]]:
+        is_video = row.get("edit_kind", row["kind"]) == "triplet"
+        n_src, n_tgt = row.get("num_frames") or 1, row.get("target_num_frames") or 1
+        indices = pair_frame_indices(n_src, n_tgt, self.frames) if is_video else [0]
+        pairs = read_edit_frames(row["source_uri"], row["target_uri"], indices, is_video=is_video, max_pixels=self.max_pixels)
+        return [(i, encode_jpeg(src, self.jpeg_quality), encode_jpeg(tgt, self.jpeg_quality))
+                for i, (src, tgt) in zip(indices, pairs)]
+
+    def _request(self, row: dict[str, Any], pair: tuple[int, bytes, bytes], pass_index: int, question: int,
+                 feedback: str | None) -> VLMRequest:
+        template = self.templates()[question]
+        _, source, target = pair
+        images = [target] if template.name == "edit_score_pq" else [source, target]
+        text = template.render(instruction=row.get("instruction") or "", category=row.get("category"),
+                               is_video=row.get("edit_kind", row["kind"]) == "triplet", feedback=feedback)
+        # The pass number is part of the cache key: repeated passes must not replay one answer.
+        salt = f"{template.hash}:pass{pass_index}" if self.passes > 1 else template.hash
+        return VLMRequest(prompt=text, images=images, schema=template.schema, cache_salt=salt)
+
+    def _judged_row(self, row: dict[str, Any], pairs: list[tuple[int, bytes, bytes]], questions: list[tuple[int, int, int, int]],
+                    replies: list[Any], usage: VLMUsage) -> dict[str, Any]:
+        columns: dict[str, Any] = {"vlm_usage": usage.model_dump()}
+        failure = first_failure(replies)
+        if failure:  # transport or budget: retryable, so an error, not a drop
+            return {**self.error_row(row, failure), **columns}
+        invalid = next((r.error for r in replies if isinstance(r, VLMReply) and r.parsed is None), None)
+        if invalid:
+            return {**self.error_row(row, f"judge_unparseable: {invalid}", "dropped"), **columns}
+        answers = {(f, p, q): reply.parsed for (_, f, p, q), reply in zip(questions, replies)}
+        judgements = []
+        for f, (frame, _, _) in enumerate(pairs):
+            per_pass = [self._subscores([answers[(f, p, q)] for q in range(len(self.templates()))]) for p in range(self.passes)]
+            scores = {name: aggregate([s[name] for s in per_pass], "mean") for name in per_pass[0]}
+            reasoning = " | ".join(answers[(f, 0, q)].reasoning for q in range(len(self.templates())))
+            judgements.append(FrameJudgement(frame=frame, scores=scores, reasoning=reasoning))
+        combined = {name: aggregate([j.scores[name] for j in judgements], self.aggregate) for name in judgements[0].scores}
+        columns.update(scores={**mf.scores_of(row), **combined}, edit_judgements=[j.model_dump() for j in judgements])
+        score = combined[EDIT_SCORE]
+        if not passes(score, self.threshold, self.inclusive):
+            keep = ">=" if self.inclusive else ">"
+            return {**self.error_row(row, f"edit_score_below_threshold: {score:.2f} (keep {keep} {self.threshold:g})", "dropped"),
+                    **columns}
+        return self.enrich(row, **columns)
+
+    def _subscores(self, answers: list[BaseModel]) -> dict[str, float]:
+        if self.judge == "editscore":
+            sc, pq = answers
+            assert isinstance(sc, EditScoreSC) and isinstance(pq, EditScorePQ)
+            return editscore_subscores(sc, pq)
+        (judgement,) = answers
+        assert isinstance(judgement, EditJudgement)
+        return judgement_subscores(judgement)
+
+    # ---- stratified cap (needs every row: runs on the driver) ------------------------------
+    def finalize(self, stage_dir: str) -> None:
+        """Keep at most `per_group_cap` kept samples per (category, dataset): the ones with the
+        smallest hash of (seed, sample id), a uniform choice that reruns repeat exactly. Rows the
+        cap dropped earlier are candidates again, so the choice never depends on run history."""
+        if self.per_group_cap is None:
+            return
+        parts = mf.list_files(stage_dir, prefix="part-", suffix=".parquet")
+        groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+        for part in parts:
+            t = mf.read_table(part, columns=["sample_id", "status", "reason", "category", "dataset"])
+            for sid, status, reason, category, dataset in zip(*(t.column(c).to_pylist() if c in t.column_names
+                                                                else [None] * t.num_rows for c in
+                                                                ("sample_id", "status", "reason", "category", "dataset"))):
+                if status == "ok" or (status == "dropped" and (reason or "").startswith(CAP_REASON)):
+                    groups[(category or "other", dataset or "")].append((self._rank(sid), sid))
+        over: dict[str, str] = {}
+        for (category, dataset), members in groups.items():
+            for _, sid in sorted(members)[self.per_group_cap:]:
+                over[sid] = f"{CAP_REASON}: more than {self.per_group_cap} in category {category} of dataset {dataset or '?'}"
+        for part in parts:
+            table = mf.read_table(part)
+            ids = table.column("sample_id").to_pylist()
+            status, reason = table.column("status").to_pylist(), table.column("reason").to_pylist()
+            changed = False
+            for i, sid in enumerate(ids):
+                capped = (reason[i] or "").startswith(CAP_REASON)
+                if sid in over and status[i] == "ok":
+                    status[i], reason[i], changed = "dropped", over[sid], True
+                elif capped and sid not in over:
+                    status[i], reason[i], changed = "ok", None, True
+            if changed:
+                table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
+                table = table.set_column(table.schema.get_field_index("reason"), "reason", pa.array(reason, pa.string()))
+                mf.write_table_atomic(table, part)
+
+    def _rank(self, sample_id: str) -> str:
+        return hashlib.sha1(f"{self.seed}:{sample_id}".encode()).hexdigest()
+

@@ -1,0 +1,77 @@
+"""score_reference: a VLM rates each synthesized reference 1-10 (Kiwi-Edit prompt 3).
+
+It sees the instruction, the input (source) frame, the edited (target) frame and the reference,
+and judges whether the reference shows what the edit introduced (instruction-follow
+consistency) and whether it is a clean, complete image. References scoring below `threshold`
+are dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+from curation import manifest as mf
+from curation.backends.vlm import VLMError, VLMReply, VLMRequest, VLMUsage
+from curation.judging import REFERENCE_SCORE, ReferenceScore, passes
+from curation.prompting import PromptTemplate, load_template
+from curation.stage import Resources
+from curation.vlm_stage import VLMStage
+
+
+class ScoreReferenceColumns(BaseModel):
+    scores: dict[str, float] | None = Field(None, description="name -> score; score_reference adds reference_score (1-10)")
+    reference_reasoning: str | None = Field(None, description="the VLM's reasoning for reference_score")
+    vlm_usage: VLMUsage | None = Field(None, description="requests, cache hits, tokens and USD spent rating this reference")
+
+
+class ScoreReference(VLMStage):
+    """A VLM rates the reference 1-10 against instruction, source and edited frame; keep >= threshold."""
+
+    name: ClassVar[str] = "score_reference"
+    version: ClassVar[str] = "1"
+    Columns: ClassVar[type[BaseModel]] = ScoreReferenceColumns
+
+    threshold: float = Field(ge=1, le=10, description="keep references scoring at least this (Kiwi-Edit's quality gate)")
+    resources: Resources = Field(default_factory=Resources, description="Ray resources per worker")
+
+    def templates(self) -> list[PromptTemplate]:
+        return [load_template("reference_score")]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        template = self.templates()[0]
+        out: dict[int, dict[str, Any]] = {}
+        todo = []
+        for r, row in enumerate(rows):
+            if not (row.get("reference") and row.get("src_frame") and row.get("tgt_frame")):
+                out[r] = self.error_row(row, "no_reference: run ground_edit and reference first")
+            else:
+                todo.append(r)
+
+        def request(r: int, feedback: str | None) -> VLMRequest:
+            row = rows[r]
+            text = template.render(instruction=row.get("instruction") or "", feedback=feedback)
+            return VLMRequest(prompt=text, images=[row["src_frame"], row["tgt_frame"], row["reference"]],
+                              schema=template.schema, cache_salt=template.hash)
+
+        replies, usage = self.ask([request(r, None) for r in todo], lambda i, error: request(todo[i], error))
+        for r, reply, spent in zip(todo, replies, usage):
+            out[r] = self._scored_row(rows[r], reply, spent)
+        return mf.rows_to_table([out[r] for r in range(len(rows))], self.output_schema(batch.schema))
+
+    def _scored_row(self, row: dict[str, Any], reply: VLMReply | VLMError, usage: VLMUsage) -> dict[str, Any]:
+        columns: dict[str, Any] = {"vlm_usage": usage.model_dump()}
+        if isinstance(reply, VLMError):
+            return {**self.error_row(row, reply.reason), **columns}
+        if reply.parsed is None:
+            return {**self.error_row(row, f"judge_unparseable: {reply.error}", "dropped"), **columns}
+        answer = reply.parsed
+        assert isinstance(answer, ReferenceScore)
+        columns.update(scores={**mf.scores_of(row), REFERENCE_SCORE: answer.score}, reference_reasoning=answer.reasoning)
+        if not passes(answer.score, self.threshold, inclusive=True):
+            return {**self.error_row(row, f"reference_score_below_threshold: {answer.score:g} (keep >= {self.threshold:g})",
+                                     "dropped"), **columns}
+        return self.enrich(row, **columns)
