@@ -16,10 +16,26 @@ import jinja2
 from pydantic import BaseModel
 
 from curation.annotation import TransitionAnnotation
+from curation.judging import (
+    EditJudgement,
+    EditScorePQ,
+    EditScoreSC,
+    GroundedForeground,
+    GroundedObjects,
+    ReferenceScore,
+)
 
-# name -> (template file inside the `prompts` package, output schema)
-TEMPLATES: dict[str, tuple[str, type[BaseModel]]] = {
+# name -> (template file inside the `prompts` package, output schema; None for a prompt whose
+# answer is not JSON, e.g. the instruction sent to an image-editing model)
+TEMPLATES: dict[str, tuple[str, type[BaseModel] | None]] = {
     "transition_annotation": ("transition_annotation.v1.j2", TransitionAnnotation),
+    "edit_score_sc": ("edit_score_sc.v1.j2", EditScoreSC),
+    "edit_score_pq": ("edit_score_pq.v1.j2", EditScorePQ),
+    "edit_judge": ("edit_judge.v1.j2", EditJudgement),
+    "ground_edit_area": ("ground_edit_area.v1.j2", GroundedObjects),
+    "ground_foreground": ("ground_foreground.v1.j2", GroundedForeground),
+    "reference_score": ("reference_score.v1.j2", ReferenceScore),
+    "reference_edit": ("reference_edit.v1.j2", None),
 }
 
 
@@ -28,7 +44,7 @@ class PromptTemplate:
     name: str
     file: str
     text: str
-    schema: type[BaseModel]
+    schema: type[BaseModel] | None  # None: the answer is not JSON (an image from an editing model)
 
     @property
     def hash(self) -> str:

@@ -24,6 +24,8 @@ _NOT_METADATA = {"frames", "frame_pts", "masks", "reference", "embedding", "thum
 # Kinds made of a source and a target (and, for quads, a reference); `edit_kind` says whether the
 # media are images (pair) or videos (triplet).
 EDIT_KINDS = ("pair", "triplet", "quad")
+EXIF_ORIENTATION = 0x0112
+MAX_IMAGE_PIXELS = 1 << 27
 _RESOLUTIONS = (144, 240, 360, 480, 576, 720, 1080, 1440, 2160)
 _ASPECTS = {"1x1": 1.0, "4x3": 4 / 3, "3x4": 3 / 4, "16x9": 16 / 9, "9x16": 9 / 16, "21x9": 21 / 9, "9x21": 9 / 21}
 
@@ -115,19 +117,18 @@ def session_turn_members(row: dict[str, Any]) -> dict[str, bytes]:
 
 def edit_members(row: dict[str, Any], media: MediaOptions) -> dict[str, bytes]:
     """`src`/`tgt` as `.jpg` (pairs: the original JPEG bytes when they are JPEG) or `.mp4` (triplets:
-    both clips decoded, cut to the same frame count <= max_frames, re-encoded to H.264), `ref.png`
+    both clips streamed through H.264 re-encoding, cut to the same frame count <= max_frames), `ref.png`
     for quads, and `mask_src.png`/`mask_tgt.png` once `ground_edit` ran (all-zero for the side it
     did not ground, so every sample of a kind has the same members, as HF `datasets` requires)."""
-    from curation.media.edit_media import encode_h264, read_clip_pair
+    from curation.media.edit_media import transcode_clip_pair
 
     members: dict[str, bytes] = {}
     if edit_media_kind(row) == "pair":
         members["src.jpg"] = image_as_jpeg(row["source_uri"])
         members["tgt.jpg"] = image_as_jpeg(row["target_uri"])
     else:
-        clip = read_clip_pair(row["source_uri"], row["target_uri"], media.max_frames)
-        members["src.mp4"] = encode_h264(clip.source, clip.fps, crf=media.crf)
-        members["tgt.mp4"] = encode_h264(clip.target, clip.fps, crf=media.crf)
+        clip = transcode_clip_pair(row["source_uri"], row["target_uri"], media.max_frames, crf=media.crf)
+        members["src.mp4"], members["tgt.mp4"] = clip.source, clip.target
     if row["kind"] == "quad":
         if not row.get("reference"):
             raise ValueError("quad has no reference image")
@@ -149,15 +150,22 @@ def edit_media_kind(row: dict[str, Any]) -> str:
 
 
 def image_as_jpeg(uri: str, quality: int = 95) -> bytes:
-    """A JPEG file's own bytes (no re-encoding loss); other formats decoded and encoded once."""
+    """An upright JPEG file's own bytes (no re-encoding loss); anything else (other formats, or a
+    JPEG whose EXIF says to rotate it, which readers that ignore EXIF would show sideways while
+    masks were made upright) is decoded upright and encoded once."""
+    from PIL import Image
+
     from curation import manifest as mf
     from curation.media.edit_media import load_image
     from curation.media.jpeg import encode_jpeg
 
     data = mf.read_bytes(uri)
     if data[:3] == b"\xff\xd8\xff":
-        return data
-    return encode_jpeg(load_image(uri, max_pixels=1 << 27), quality)
+        with Image.open(io.BytesIO(data)) as image:
+            if image.getexif().get(EXIF_ORIENTATION, 1) == 1:
+                return data
+    # Ingest already refused oversized headers; this bound only guards against a file swapped since.
+    return encode_jpeg(load_image(uri, max_pixels=MAX_IMAGE_PIXELS), quality)
 
 
 def zero_mask_png(width: int, height: int) -> bytes:

@@ -70,13 +70,12 @@ def print_stage_summary(result: Any) -> None:
     console.print(outcome_table(f"{result.name} -> {result.stage_dir}  ({note})", [(result.name, result.counts, extra)]))
     listing = result.extra.get("listing")
     if listing:
-        unknown = listing.get("unknown_categories") or {}
-        console.print(f"  adapter listing: {listing}" if not isinstance(listing, dict) else
-                      "  adapter: " + ", ".join(f"{k}={v}" for k, v in listing.items()
-                                               if k not in ("unknown_categories",) and not isinstance(v, (dict, list)))
-                      + (f"; by category {listing.get('by_category')}" if listing.get("by_category") else ""))
-        if unknown:
-            console.print(f"  [yellow]unknown categories mapped to other:[/] {unknown}")
+        skipped = listing.get("skipped") or {}
+        console.print(f"  adapter {listing.get('dataset')}: {listing.get('rows_listed')} edits listed from "
+                      f"{listing.get('rows_read')} metadata rows; skipped {sum(skipped.values())} {_reasons(skipped)}; "
+                      f"by category {_reasons(listing.get('by_category') or {})}")
+        if listing.get("unknown_categories"):
+            console.print(f"  [yellow]categories no mapping knows (listed as other):[/] {_reasons(listing['unknown_categories'])}")
     vlm = result.extra.get("vlm")
     if vlm:
         usage = vlm["usage"]

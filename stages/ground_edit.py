@@ -23,7 +23,7 @@ from curation import manifest as mf
 from curation.backends.models import describe_model
 from curation.backends.segment import Sam2Segmenter, SegmenterConfig
 from curation.backends.vlm import VLMError, VLMReply, VLMRequest, VLMUsage, shrink_image
-from curation.boxes import BoxFormat, BoxOrder, to_pixels, validate_box
+from curation.boxes import BoxError, BoxFormat, BoxOrder, to_pixels, validate_box
 from curation.judging import GroundedForeground, GroundedObjects
 from curation.media.edit_media import read_edit_frames
 from curation.media.jpeg import encode_jpeg
@@ -172,8 +172,8 @@ class GroundEdit(VLMStage):
             try:
                 pixels = to_pixels(item.bbox_2d, self.box_format, self.box_order, width=width, height=height,
                                    sent_width=sent_w, sent_height=sent_h)
-            except ValueError as e:
-                rejected.append(f"bad_box: {e}")
+            except BoxError as e:
+                rejected.append(e.reason)
                 continue
             box, why = validate_box(pixels, width, height, min_side_px=self.min_box_side_px,
                                     min_area_frac=self.min_box_area_frac)

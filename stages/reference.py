@@ -145,7 +145,7 @@ class Reference(BudgetedStage):
                 continue
             usage[r] = reply.usage
             image = cv2.imdecode(np.frombuffer(reply.image, np.uint8), cv2.IMREAD_COLOR)
-            made[r] = "image_edit_bad_image: the API's image does not decode" if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+            made[r] = "image_edit_bad_output: the API's image does not decode" if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         return made, usage
 
     def _quad(self, row: dict[str, Any], image: np.ndarray, usage: VLMUsage | None) -> dict[str, Any]:

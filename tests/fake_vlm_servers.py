@@ -1,5 +1,6 @@
-"""Loopback servers that speak the OpenAI chat-completions and Gemini generateContent HTTP APIs,
-for tests and benchmarks of the VLM backends (real SDKs, real HTTP, scripted answers).
+"""Loopback servers that speak the OpenAI chat-completions and image-edits and the Gemini
+generateContent HTTP APIs, for tests and benchmarks of the VLM and image-edit backends (real SDKs,
+real HTTP, scripted answers).
 
     with openai_server(default=ok(ANNOTATION)) as server:
         server.enqueue(http_error(429, retry_after=0.1), ok(ANNOTATION))   # first two requests
@@ -14,15 +15,23 @@ Each request takes the next scripted behaviour from the queue (`enqueue`), else 
 - `raw_text(s)`: any text as the model's output (malformed JSON, schema-breaking JSON);
 - `http_error(status, retry_after=None)`: an error in the API's own format;
 - `hang(seconds)`: answer only after the client gave up;
-- `empty()`: no choices (OpenAI) / no candidates (Gemini); `blocked()`: Gemini prompt blocked.
+- `empty()`: no choices (OpenAI) / no candidates (Gemini); `blocked()`: Gemini prompt blocked;
+- `image_ok(fn=invert_image)`: an edited image, `fn(uploaded image bytes)` (image edits).
+Image edits: the OpenAI server also answers `POST /v1/images/edits` (multipart); there any
+behaviour but `http_error` and `empty` (no `data`) answers with an image (`image_ok`'s `fn`, else
+the inverse). On Gemini, `image_ok` answers with a text part then an inline image part, while
+`raw_text` is a text-only answer (no image).
 The server is threaded, so many requests can be in flight. It records each request
-(`requests`: path, headers, JSON body, arrival/finish times) and the peak number in flight
-(`max_concurrency`); `prompt_of(body)` extracts a request's text prompt; `reset()` clears all
-(for one server shared by many tests).
+(`requests`: path, headers, body (JSON, or the form fields plus `files` for multipart),
+arrival/finish times) and the peak number in flight (`max_concurrency`); `prompt_of(body)`
+extracts a request's text prompt and `image_of(body)` its first uploaded image; `reset()` clears
+all (for one server shared by many tests).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
 import re
@@ -43,7 +52,7 @@ logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
 @dataclass(frozen=True)
 class Behaviour:
-    kind: str  # ok | raw | error | hang | empty | blocked
+    kind: str  # ok | raw | error | hang | empty | blocked | image
     text: str = ""  # the model's output text (ok, raw)
     status: int = 200
     retry_after: float | None = None
@@ -52,6 +61,7 @@ class Behaviour:
     completion_tokens: int = 5
     message: str = ""
     from_prompt: Callable[[str], Any] | None = None  # ok: the answer from the request's prompt
+    image_fn: Callable[[bytes], bytes] | None = None  # image: the edited image from the uploaded one
 
 
 def ok(obj: Any, *, latency_s: float = 0.0, prompt_tokens: int = 10, completion_tokens: int = 5) -> Behaviour:
@@ -91,6 +101,23 @@ def empty() -> Behaviour:
 def blocked(reason: str = "SAFETY") -> Behaviour:
     """Gemini only: no candidates because the prompt was blocked."""
     return Behaviour("blocked", message=reason)
+
+
+def invert_image(data: bytes) -> bytes:
+    """The colour inverse of an image, as PNG: an "edit" a test can recompute exactly."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as img:
+        out = io.BytesIO()
+        ImageOps.invert(img.convert("RGB")).save(out, "PNG")
+        return out.getvalue()
+
+
+def image_ok(fn: Callable[[bytes], bytes] = invert_image, *, latency_s: float = 0.0,
+             prompt_tokens: int = 10, completion_tokens: int = 5) -> Behaviour:
+    """An image-edit answer: `fn(uploaded image)` (any bytes, so a test can send a broken image)."""
+    return Behaviour("image", image_fn=fn, latency_s=latency_s,
+                     prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
 
 @dataclass
@@ -142,11 +169,20 @@ class FakeVLMServer:
                 self.default = default
 
     # ---- serving ------------------------------------------------------------------------------
-    def _handle(self, request: Request) -> Response:
+    @staticmethod
+    def _body_of(request: Request) -> dict[str, Any]:
+        if request.mimetype == "multipart/form-data":
+            body: dict[str, Any] = request.form.to_dict()
+            body["files"] = [{"field": name, "filename": f.filename, "content_type": f.content_type, "data": f.read()}
+                             for name, f in request.files.items(multi=True)]
+            return body
         try:
-            body = json.loads(request.get_data() or b"{}")
+            return json.loads(request.get_data() or b"{}")
         except ValueError:
-            body = {}
+            return {}
+
+    def _handle(self, request: Request) -> Response:
+        body = self._body_of(request)
         record = RecordedRequest(request.path, dict(request.headers), body, time.monotonic())
         with self._lock:
             behaviour = self._queue.popleft() if self._queue else self.default
@@ -157,19 +193,27 @@ class FakeVLMServer:
         try:
             if behaviour.latency_s:
                 self._closing.wait(behaviour.latency_s)  # returns early when the server stops
-            return self.render(behaviour, request)
+            return self.render(behaviour, request, body)
         finally:
             with self._lock:
                 self._in_flight -= 1
             record.finished = time.monotonic()
 
-    def render(self, behaviour: Behaviour, request: Request) -> Response:
+    def render(self, behaviour: Behaviour, request: Request, body: dict[str, Any]) -> Response:
         raise NotImplementedError
 
     @staticmethod
     def prompt_of(body: dict[str, Any]) -> str:
         """The text prompt of a request body."""
         raise NotImplementedError
+
+    @staticmethod
+    def image_of(body: dict[str, Any]) -> bytes:
+        """The first image a request sent."""
+        raise NotImplementedError
+
+    def _edited(self, behaviour: Behaviour, body: dict[str, Any]) -> bytes:
+        return (behaviour.image_fn or invert_image)(self.image_of(body))
 
     def _answer_text(self, behaviour: Behaviour, body: dict[str, Any]) -> str:
         if behaviour.from_prompt is None:
@@ -189,18 +233,28 @@ class FakeVLMServer:
 
 
 class OpenAIServer(FakeVLMServer):
-    """`POST /v1/chat/completions`."""
+    """`POST /v1/chat/completions` and `POST /v1/images/edits`."""
 
     @staticmethod
     def prompt_of(body: dict[str, Any]) -> str:
+        if "prompt" in body:  # images/edits
+            return body["prompt"]
         content = body["messages"][0]["content"]
         return content if isinstance(content, str) else next(p["text"] for p in content if p["type"] == "text")
 
-    def render(self, behaviour: Behaviour, request: Request) -> Response:
-        body = json.loads(request.get_data() or b"{}")
+    @staticmethod
+    def image_of(body: dict[str, Any]) -> bytes:
+        if "files" in body:  # images/edits
+            return body["files"][0]["data"]
+        url = next(p["image_url"]["url"] for p in body["messages"][0]["content"] if p["type"] == "image_url")
+        return base64.b64decode(url.split(",", 1)[1])
+
+    def render(self, behaviour: Behaviour, request: Request, body: dict[str, Any]) -> Response:
         if behaviour.kind == "error":
             error = {"message": behaviour.message, "type": "scripted_error", "code": None}
             return self._json({"error": error}, behaviour.status, self._retry_headers(behaviour))
+        if request.path.endswith("/images/edits"):
+            return self._render_image(behaviour, body)
         usage = {"prompt_tokens": behaviour.prompt_tokens, "completion_tokens": behaviour.completion_tokens,
                  "total_tokens": behaviour.prompt_tokens + behaviour.completion_tokens}
         choices = []
@@ -210,6 +264,15 @@ class OpenAIServer(FakeVLMServer):
         model = body.get("model", "fake")
         return self._json({"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                            "model": model, "choices": choices, "usage": usage})
+
+    def _render_image(self, behaviour: Behaviour, body: dict[str, Any]) -> Response:
+        usage = {"input_tokens": behaviour.prompt_tokens, "output_tokens": behaviour.completion_tokens,
+                 "total_tokens": behaviour.prompt_tokens + behaviour.completion_tokens,
+                 "input_tokens_details": {"image_tokens": behaviour.prompt_tokens, "text_tokens": 0}}
+        data = []
+        if behaviour.kind != "empty":
+            data = [{"b64_json": base64.b64encode(self._edited(behaviour, body)).decode()}]
+        return self._json({"created": int(time.time()), "data": data, "output_format": "png", "usage": usage})
 
 
 class GeminiServer(FakeVLMServer):
@@ -222,8 +285,12 @@ class GeminiServer(FakeVLMServer):
     def prompt_of(body: dict[str, Any]) -> str:
         return next(p["text"] for p in body["contents"][0]["parts"] if "text" in p)
 
-    def render(self, behaviour: Behaviour, request: Request) -> Response:
-        body = json.loads(request.get_data() or b"{}")
+    @staticmethod
+    def image_of(body: dict[str, Any]) -> bytes:
+        part = next(p for p in body["contents"][0]["parts"] if "inlineData" in p)
+        return base64.urlsafe_b64decode(part["inlineData"]["data"])
+
+    def render(self, behaviour: Behaviour, request: Request, body: dict[str, Any]) -> Response:
         if behaviour.kind == "error":
             error = {"code": behaviour.status, "message": behaviour.message,
                      "status": self.STATUS_NAMES.get(behaviour.status, "UNKNOWN")}
@@ -234,7 +301,12 @@ class GeminiServer(FakeVLMServer):
             return self._json({"candidates": [], "usageMetadata": usage})
         if behaviour.kind == "blocked":
             return self._json({"promptFeedback": {"blockReason": behaviour.message}, "usageMetadata": usage})
-        content = {"role": "model", "parts": [{"text": self._answer_text(behaviour, body)}]}
+        if behaviour.kind == "image":  # text first, as Gemini often does: the client must look past it
+            data = base64.b64encode(self._edited(behaviour, body)).decode()
+            parts = [{"text": "Here is the edited image."}, {"inlineData": {"mimeType": "image/png", "data": data}}]
+        else:
+            parts = [{"text": self._answer_text(behaviour, body)}]
+        content = {"role": "model", "parts": parts}
         candidate = {"content": content, "finishReason": "STOP", "index": 0}
         return self._json({"candidates": [candidate], "usageMetadata": usage, "modelVersion": "fake"})
 
@@ -259,7 +331,7 @@ def _serve(
 @contextmanager
 def openai_server(default: Behaviour | None = None) -> Iterator[FakeVLMServer]:
     """An OpenAI-compatible server; its `url` ends in `/v1` (a client's `base_url`)."""
-    with _serve(OpenAIServer, re.compile(r"^/v1/chat/completions$"), "/v1", default) as server:
+    with _serve(OpenAIServer, re.compile(r"^/v1/(chat/completions|images/edits)$"), "/v1", default) as server:
         yield server
 
 

@@ -2,7 +2,7 @@
 
 import jinja2
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from curation.annotation import TransitionAnnotation, Turn
 from curation.prompting import TEMPLATES, load_template
@@ -19,13 +19,18 @@ VALID = {
 }
 
 
-def test_every_template_loads_renders_and_names_a_schema():
-    for name in TEMPLATES:
+def test_every_template_loads_and_names_a_schema_or_none():
+    for name, (file, schema) in TEMPLATES.items():
         template = load_template(name)
-        text = template.render(caption=None, feedback=None)
-        assert "summary_change" in text
+        assert template.file == file and template.schema is schema
         assert len(template.hash) == 16 and template.version.endswith(template.hash)
-        assert issubclass(template.schema, TransitionAnnotation)
+        assert schema is None or issubclass(schema, BaseModel)
+
+
+def test_transition_annotation_renders_and_names_its_schema():
+    template = load_template("transition_annotation")
+    assert "summary_change" in template.render(caption=None, feedback=None)
+    assert template.schema is TransitionAnnotation
 
 
 def test_caption_and_feedback_slots_change_the_prompt_and_missing_slots_fail():

@@ -130,6 +130,9 @@ class Completion:
     raw: str
     prompt_tokens: int
     completion_tokens: int
+    # The call's price when the backend knows it without tokens (an image API bills per image);
+    # None: priced from the tokens at usd_per_mtok_*.
+    usd: float | None = None
 
 
 class EmptyResponse(Exception):
@@ -429,8 +432,9 @@ class VLMBackend(ABC):
     def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.cfg.usd_per_mtok_input + completion_tokens * self.cfg.usd_per_mtok_output) / 1e6
 
-    async def _charge(self, usage: VLMUsage, prompt_tokens: int, completion_tokens: int) -> float:
-        usd = self._cost(prompt_tokens, completion_tokens)
+    async def _charge(self, usage: VLMUsage, prompt_tokens: int, completion_tokens: int,
+                      usd: float | None = None) -> float:
+        usd = self._cost(prompt_tokens, completion_tokens) if usd is None else usd
         usage.prompt_tokens += prompt_tokens
         usage.completion_tokens += completion_tokens
         usage.usd += usd
@@ -490,7 +494,7 @@ class VLMBackend(ABC):
                 if done is not None:
                     # Charged before the slot is released, so the next request's budget check
                     # sees it: with max_in_flight=1 the budget is never overshot.
-                    usd = await self._charge(usage, done.prompt_tokens, done.completion_tokens)
+                    usd = await self._charge(usage, done.prompt_tokens, done.completion_tokens, done.usd)
             if done is not None:
                 break
             reason = self._scrub(failure.reason)

@@ -1,0 +1,225 @@
+"""Image-editing APIs for reference synthesis: OpenAI `images.edit` and Gemini image output,
+chosen by config (`backend: openai|gemini`).
+
+The editors are the VLM backends with another `_call`, so the response cache, bounded
+concurrency, rate limit, retries with backoff, budget and key scrubbing of `vlm.VLMBackend` run
+unchanged. An edited image travels through that machinery as one more structured answer, the
+JSON object `EditedImage` (the image in base64): it is validated, cached and replayed like a
+VLM's answer, and a request's output settings join the cache key through its salt.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from curation.backends.budget import Budget
+from curation.backends.vlm import (
+    Completion,
+    EmptyResponse,
+    VLMBackend,
+    VLMConfig,
+    VLMError,
+    VLMReply,
+    VLMRequest,
+    VLMUsage,
+    image_mime,
+    short,
+)
+from curation.backends.vlm_gemini import GeminiVLM
+from curation.backends.vlm_openai import OpenAIVLM
+
+# Reason prefix of an answer that carries no image (Gemini answered in text, or refused).
+NO_IMAGE = "image_edit_no_image"
+# Reason prefix of an image that does not decode (or a corrupt cache entry).
+BAD_OUTPUT = "image_edit_bad_output"
+
+
+class ImageEditConfig(BaseModel):
+    """Which image-editing API to call and how hard. Secrets are never part of it: only the
+    *name* of the environment variable holding the key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["openai", "gemini"] = Field(description="openai (images.edit) or gemini (image output)")
+    model: str = Field(description="API model name, e.g. gpt-image-1.5 or gemini-2.5-flash-image")
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint (e.g. http://host:8000/v1) or a Gemini base URL override")
+    api_key_env: str | None = Field(
+        None, description="NAME of the env var holding the API key. Unset: openai sends 'EMPTY', "
+                          "gemini lets the SDK read GEMINI_API_KEY/GOOGLE_API_KEY")
+    max_in_flight: int = Field(4, ge=1, description="requests in flight at once, per worker")
+    requests_per_minute: float | None = Field(None, gt=0, description="per worker, paced evenly; None = unlimited")
+    max_retries: int = Field(4, ge=0, description="retries on 429/5xx/timeouts/connection errors/empty responses")
+    timeout_s: float = Field(180.0, gt=0, description="per HTTP request (an edit takes tens of seconds)")
+    backoff_initial_s: float = Field(1.0, ge=0, description="first backoff ceiling; doubles per retry (full jitter)")
+    backoff_max_s: float = Field(60.0, ge=0, description="largest backoff ceiling (a Retry-After may ask for longer)")
+    size: str | None = Field(
+        None, pattern=r"^(auto|\d+x\d+)$",
+        description="openai only: output WIDTHxHEIGHT or auto; None = the API's default")
+    usd_per_image: float = Field(0.0, ge=0, description="price of one returned image (cost, budget)")
+    cache: bool = Field(True, description="reuse stored images for identical requests")
+    cache_dir: str | None = Field(None, description="response cache (path or URI); None = <CURATE_CACHE>/image_edit")
+    image_max_side: int | None = Field(1536, ge=16, description="shrink larger inputs (aspect kept); None = as is")
+
+    @model_validator(mode="after")
+    def _size_is_openai_only(self) -> ImageEditConfig:
+        if self.size is not None and self.backend != "openai":
+            raise ValueError(f"size is an openai setting; the {self.backend} backend cannot honour it")
+        return self
+
+    def vlm_config(self) -> VLMConfig:
+        """The VLM machinery's view of this config (token prices 0: images are priced per image)."""
+        from curation.backends.models import cache_root
+
+        return VLMConfig(
+            backend=self.backend, model=self.model, base_url=self.base_url, api_key_env=self.api_key_env,
+            max_in_flight=self.max_in_flight, requests_per_minute=self.requests_per_minute,
+            max_retries=self.max_retries, timeout_s=self.timeout_s, backoff_initial_s=self.backoff_initial_s,
+            backoff_max_s=self.backoff_max_s, cache=self.cache,
+            cache_dir=self.cache_dir or str(cache_root() / "image_edit"), image_max_side=self.image_max_side,
+        )
+
+
+class EditedImage(BaseModel):
+    """An edited image as the VLM machinery carries and caches it."""
+
+    image_b64: str = Field(min_length=1, description="the returned image file (PNG, JPEG or WebP), base64")
+
+
+@dataclass
+class ImageEditRequest:
+    prompt: str  # the edit instruction
+    image: bytes  # the source image, encoded (JPEG/PNG/WebP)
+    cache_salt: str = ""  # e.g. the prompt template's hash; part of the cache key
+
+
+@dataclass
+class ImageEditReply:
+    image: bytes  # the edited image file as the API returned it (PNG unless the API chose otherwise)
+    usage: VLMUsage
+
+
+# --------------------------------------------------------------------------------------------
+# the editor protocol
+# --------------------------------------------------------------------------------------------
+
+
+class ImageEditor(VLMBackend):
+    """`edit_many` on top of a VLM backend; subclasses mix it with one (`OpenAIVLM`,
+    `GeminiVLM`) and implement `_call` with the image API, returning `self._answer(...)`."""
+
+    def __init__(self, cfg: ImageEditConfig, budget: Budget | None = None):
+        super().__init__(cfg.vlm_config(), budget)
+        self.edit_cfg = cfg
+
+    def edit_many(self, requests: list[ImageEditRequest]) -> list[ImageEditReply | VLMError]:
+        """All requests concurrently (bounded by max_in_flight and the rate limit), results in
+        input order. A per-request failure is returned as a VLMError, never raised."""
+        replies = self.generate_many(
+            [VLMRequest(r.prompt, [r.image], EditedImage, self._salt(r.cache_salt)) for r in requests])
+        return [self._edit_reply(reply) for reply in replies]
+
+    def _salt(self, cache_salt: str) -> str:
+        """The caller's salt plus every output setting, so that changing one misses the cache."""
+        return json.dumps({"task": "image_edit", "size": self.edit_cfg.size, "salt": cache_salt}, sort_keys=True)
+
+    @staticmethod
+    def _edit_reply(reply: VLMReply | VLMError) -> ImageEditReply | VLMError:
+        if isinstance(reply, VLMError):
+            return reply
+        if not isinstance(reply.parsed, EditedImage):  # only an unreadable cache entry gets here
+            return VLMError(f"{BAD_OUTPUT}: {reply.error or 'no image in the answer'}", reply.usage)
+        return ImageEditReply(base64.b64decode(reply.parsed.image_b64), reply.usage)
+
+    def _answer(self, image: bytes, prompt_tokens: int, completion_tokens: int) -> Completion:
+        """The returned image as a Completion, priced per image. An image that does not decode is
+        retried (EmptyResponse) before it can reach the cache."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(image)) as img:
+                img.verify()
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise EmptyResponse(f"the returned image does not decode: {short(str(e), 120)}", prompt_tokens,
+                                completion_tokens, prefix=BAD_OUTPUT) from e
+        raw = EditedImage(image_b64=base64.b64encode(image).decode()).model_dump_json()
+        return Completion(raw, prompt_tokens, completion_tokens, usd=self.edit_cfg.usd_per_image)
+
+
+class OpenAIImageEditor(ImageEditor, OpenAIVLM):
+    """`POST /images/edits` (multipart upload of the source image); GPT image models always
+    answer with `b64_json`. Errors are classified by `OpenAIVLM._classify`."""
+
+    async def _open(self) -> None:
+        await super()._open()
+        _ = self._client.images  # import the resource module now, not inside the first request
+
+    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel]) -> Completion:
+        (image,) = images
+        mime = image_mime(image)
+        options: dict[str, Any] = {"size": self.edit_cfg.size} if self.edit_cfg.size else {}
+        response = await self._client.images.edit(
+            model=self.cfg.model, image=(f"image.{mime.split('/')[1]}", image, mime), prompt=prompt, n=1, **options)
+        usage = response.usage
+        prompt_tokens = usage.input_tokens if usage else 0
+        completion_tokens = usage.output_tokens if usage else 0
+        if not response.data:
+            raise EmptyResponse("the response has no images", prompt_tokens, completion_tokens)
+        if not response.data[0].b64_json:
+            raise EmptyResponse("the response has no b64_json image (a URL-only model?)", prompt_tokens,
+                                completion_tokens, prefix=NO_IMAGE, retryable=False)
+        return self._answer(base64.b64decode(response.data[0].b64_json), prompt_tokens, completion_tokens)
+
+
+class GeminiImageEditor(ImageEditor, GeminiVLM):
+    """`generateContent` with the source image inline and image output enabled; the answer is the
+    first non-thought inline image part. Errors are classified by `GeminiVLM._classify`."""
+
+    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel]) -> Completion:
+        from google.genai import types
+
+        (image,) = images
+        config = types.GenerateContentConfig(
+            # TEXT too: some Gemini image models refuse image-only output.
+            response_modalities=["TEXT", "IMAGE"],
+            automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+        )
+        contents: list = [prompt, types.Part.from_bytes(data=image, mime_type=image_mime(image))]
+        response = await self._client.aio.models.generate_content(
+            model=self.cfg.model, contents=contents, config=config)
+        meta = response.usage_metadata
+        prompt_tokens = (meta.prompt_token_count or 0) if meta else 0
+        completion_tokens = ((meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0)) if meta else 0
+        if not response.candidates:
+            feedback = response.prompt_feedback
+            if feedback is not None and feedback.block_reason:  # deterministic: not retried
+                raise EmptyResponse(f"prompt blocked ({feedback.block_reason})", prompt_tokens, completion_tokens,
+                                    prefix=NO_IMAGE, retryable=False)
+            raise EmptyResponse("the response has no candidates", prompt_tokens, completion_tokens)
+        candidate = response.candidates[0]
+        parts = (candidate.content.parts if candidate.content else None) or []
+        for part in parts:
+            blob = part.inline_data
+            # Thinking models may send draft images as thought parts before the final one.
+            if blob and blob.data and (blob.mime_type or "").startswith("image/") and not part.thought:
+                return self._answer(blob.data, prompt_tokens, completion_tokens)
+        # A refusal or a description instead of an edit: the same request tends to get the same
+        # answer, so it is recorded, not retried (a rerun with retry_errors tries again).
+        text = " ".join(part.text for part in parts if part.text)
+        finish = getattr(candidate.finish_reason, "value", candidate.finish_reason)
+        raise EmptyResponse(f"finish_reason={finish}, text: {short(text, 120)!r}",
+                            prompt_tokens, completion_tokens, prefix=NO_IMAGE, retryable=False)
+
+
+_EDITORS: dict[str, type[ImageEditor]] = {"openai": OpenAIImageEditor, "gemini": GeminiImageEditor}
+
+
+def make_image_editor(cfg: ImageEditConfig, budget: Budget | None = None) -> ImageEditor:
+    """The editor `cfg.backend` names. Nothing connects until `open()` or the first batch."""
+    return _EDITORS[cfg.backend](cfg, budget)
