@@ -33,15 +33,25 @@ _ASPECTS = {"1x1": 1.0, "4x3": 4 / 3, "3x4": 3 / 4, "16x9": 16 / 9, "9x16": 9 / 
 def metadata(row: dict[str, Any]) -> dict[str, Any]:
     """The versioned `json` member: everything a trainer or auditor needs that is not media."""
     meta = {
-        k: v
+        k: _maps_as_dicts(v)
         for k, v in row.items()
         if k not in _NOT_METADATA and not isinstance(v, (bytes, bytearray)) and not k.startswith("_")
     }
     meta["schema_version"] = SHARD_SCHEMA_VERSION
     meta["lineage"] = row.get("parent_ids") or []
-    if isinstance(meta.get("scores"), list):  # Arrow maps arrive as [(key, value), ...]
-        meta["scores"] = dict(meta["scores"])
     return meta
+
+
+def _maps_as_dicts(value: Any) -> Any:
+    """Arrow maps arrive from `to_pylist` as lists of (key, value) tuples, at any depth (e.g. each
+    frame judgement's `scores`); JSON readers (HF `datasets` among them) need objects there."""
+    if isinstance(value, list):
+        if value and all(isinstance(item, tuple) and len(item) == 2 for item in value):
+            return {k: _maps_as_dicts(v) for k, v in value}
+        return [_maps_as_dicts(item) for item in value]
+    if isinstance(value, dict):
+        return {k: _maps_as_dicts(v) for k, v in value.items()}
+    return value
 
 
 @dataclass(frozen=True)
