@@ -161,22 +161,27 @@ class EditScore(VLMStage):
     def finalize(self, stage_dir: str) -> None:
         """Keep at most `per_group_cap` kept samples per (category, dataset): the ones with the
         smallest hash of (seed, sample id), a uniform choice that reruns repeat exactly. Rows the
-        cap dropped earlier are candidates again, so the choice never depends on run history."""
-        if self.per_group_cap is None:
-            return
+        cap dropped earlier are candidates again, so the choice never depends on run history (a
+        rerun without a cap keeps them all)."""
         parts = mf.list_files(stage_dir, prefix="part-", suffix=".parquet")
         groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
+        capped_before = False
         for part in parts:
             t = mf.read_table(part, columns=["sample_id", "status", "reason", "category", "dataset"])
             for sid, status, reason, category, dataset in zip(*(t.column(c).to_pylist() if c in t.column_names
                                                                 else [None] * t.num_rows for c in
                                                                 ("sample_id", "status", "reason", "category", "dataset"))):
-                if status == "ok" or (status == "dropped" and (reason or "").startswith(CAP_REASON)):
+                capped = status == "dropped" and (reason or "").startswith(CAP_REASON)
+                capped_before |= capped
+                if status == "ok" or capped:
                     groups[(category or "other", dataset or "")].append((self._rank(sid), sid))
+        if self.per_group_cap is None and not capped_before:
+            return
         over: dict[str, str] = {}
-        for (category, dataset), members in groups.items():
-            for _, sid in sorted(members)[self.per_group_cap:]:
-                over[sid] = f"{CAP_REASON}: more than {self.per_group_cap} in category {category} of dataset {dataset or '?'}"
+        if self.per_group_cap is not None:
+            for (category, dataset), members in groups.items():
+                for _, sid in sorted(members)[self.per_group_cap:]:
+                    over[sid] = f"{CAP_REASON}: more than {self.per_group_cap} in category {category} of dataset {dataset or '?'}"
         for part in parts:
             table = mf.read_table(part)
             ids = table.column("sample_id").to_pylist()
