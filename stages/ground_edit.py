@@ -148,8 +148,10 @@ class GroundEdit(VLMStage):
 
     def _request(self, sample: _Sample, feedback: str | None) -> VLMRequest:
         template = load_template("ground_foreground" if sample.mode == "background" else "ground_edit_area")
-        text = template.render(instruction=sample.row.get("instruction") or "", box_hint=BOX_HINTS[self.box_format],
-                               feedback=feedback)
+        hint = BOX_HINTS[self.box_format]
+        if self.box_order == "yxyx":
+            hint += "; write each box's four numbers in the order [y1, x1, y2, x2] (top, left, bottom, right)"
+        text = template.render(instruction=sample.row.get("instruction") or "", box_hint=hint, feedback=feedback)
         return VLMRequest(prompt=text, images=[sample.sent["source"], sample.sent["edited"]], schema=template.schema,
                           cache_salt=template.hash)
 

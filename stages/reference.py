@@ -25,12 +25,12 @@ from curation import manifest as mf
 from curation.backends.models import describe_model
 from curation.backends.vlm import VLMError, VLMUsage
 from curation.prompting import load_template
-from curation.reference_composite import background_reference, cutout_reference, parse_background, reference_problem
+from curation.reference_composite import (background_reference, cutout_reference, encode_reference_png, parse_background,
+                                         reference_problem)
 from curation.roe import decode_mask_png
 from curation.stage import Resources, StageError, failure_reason
 from curation.vlm_stage import BudgetedStage
 
-PNG_COMPRESSION = 1  # zlib level of reference PNGs: much faster than OpenCV's default 3, slightly larger files
 
 
 class ReferenceColumns(BaseModel):
@@ -155,10 +155,11 @@ class Reference(BudgetedStage):
         problem = reference_problem(width, height, max_aspect=self.max_aspect, min_side=self.min_side)
         if problem:
             return {**self.error_row(row, problem, "dropped"), **columns}
-        ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
-        if not ok:
-            raise StageError("encode_failed: PNG encoder refused the reference")
-        return self.child_row(row, kind="quad", span="reference", reference=png.tobytes(), **columns)
+        try:
+            png = encode_reference_png(image)
+        except Exception as e:  # noqa: BLE001 - one bad reference must not fail its batch
+            return {**self.error_row(row, f"encode_failed: {failure_reason(e)}"), **columns}
+        return self.child_row(row, kind="quad", span="reference", reference=png, **columns)
 
 
 def _inputs(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
@@ -168,9 +169,14 @@ def _inputs(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
     frame = cv2.imdecode(np.frombuffer(row["tgt_frame"], np.uint8), cv2.IMREAD_COLOR)
     if frame is None:
         raise StageError("decode_failed: tgt_frame is not a readable image")
-    mask = decode_mask_png(row["mask_tgt"]) > 0
+    try:
+        mask = decode_mask_png(row["mask_tgt"]) > 0
+    except ValueError as e:
+        raise StageError(f"decode_failed: mask_tgt: {e}") from e
     if mask.shape != frame.shape[:2]:
         raise StageError(f"mask_size_mismatch: mask {mask.shape[::-1]} vs frame {frame.shape[1::-1]}")
+    if not mask.any():  # ground_edit never stores one; a hand-made manifest might
+        raise StageError("empty_mask: mask_tgt has no foreground pixel")
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), mask, row.get("edit_mode") or "object"
 
 

@@ -1,0 +1,169 @@
+"""Reference images for Kiwi-Edit's RefVIE quadruplets, made without models (the `composite` backend).
+
+A reference shows the trainer *what* the edit should bring in, apart from the scene it goes into:
+- local change/add/replace: the edited object alone, cut out by its mask onto a clean solid
+  background and cropped tightly around it (`cutout_reference`);
+- background change: the new background alone, the foreground removed and its hole inpainted
+  (`background_reference`).
+
+Both only do work proportional to the object's bounding box (plus a margin), never another
+full-frame pass beyond reading the mask, so a reference costs about what decoding the frame and
+PNG-encoding the result cost. The inpainting is the classic OpenCV one (Telea's fast marching or
+Navier-Stokes): a smooth fill from the hole's border, not a generative one, which is why a large
+hole is filled at a lower resolution where it costs little and loses nothing such a fill has.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import cv2
+import numpy as np
+
+RGB = tuple[int, int, int]
+
+NAMED_BACKGROUNDS: dict[str, RGB] = {
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "gray": (128, 128, 128),
+    "grey": (128, 128, 128),
+    "neutral": (128, 128, 128),
+}
+# zlib level of the reference PNGs: 1 is OpenCV's own default and the fastest; higher levels buy a
+# few percent of size for several times the encode time (see bench/reference.py).
+PNG_COMPRESSION = 1
+# A hole larger than this (pixels) is inpainted on a downscaled copy: the cost of Telea/NS grows
+# with hole area x radius^2, and their fill is a smooth extrapolation of the border with no detail
+# a higher resolution would keep.
+MAX_HOLE_PX = 4096
+
+
+def parse_background(value: str) -> RGB:
+    """A config's background colour: `white`, `black`, `gray`/`grey`/`neutral` (128) or `R,G,B`."""
+    key = value.strip().lower()
+    if key in NAMED_BACKGROUNDS:
+        return NAMED_BACKGROUNDS[key]
+    parts = key.split(",")
+    try:
+        rgb = tuple(int(p) for p in parts)
+    except ValueError:
+        rgb = ()
+    if len(rgb) != 3 or not all(0 <= c <= 255 for c in rgb):
+        raise ValueError(f"background {value!r}: expected white, black, gray/neutral or R,G,B with 0-255 each")
+    return rgb  # type: ignore[return-value]
+
+
+def reference_problem(width: int, height: int, max_aspect: float = 3.0, min_side: int = 128) -> str | None:
+    """Why a reference of this size is unfit for training (a stable drop reason), or None.
+    Slivers and thumbnails say little about the object and bucket badly in the trainer."""
+    short, long = min(width, height), max(width, height)
+    if short < min_side:
+        return f"reference_too_small: {short} < {min_side}"
+    if long / short > max_aspect:
+        return f"reference_aspect: {long / short:.2f} > {max_aspect:g}"
+    return None
+
+
+def encode_reference_png(image: np.ndarray, compression: int = PNG_COMPRESSION) -> bytes:
+    """(H, W, 3) RGB uint8 -> PNG bytes, as the `reference` column stores them."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise ValueError("PNG encoder refused the reference")
+    return buf.tobytes()
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1), end-exclusive, of a (H, W) bool mask's set pixels; empty mask -> ValueError."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if not rows.size:
+        raise ValueError("empty mask: nothing to make a reference from")
+    cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _check(image: np.ndarray, mask: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"mask of shape {mask.shape} for a {image.shape[0]}x{image.shape[1]} image")
+
+
+def _grow(box: tuple[int, int, int, int], pad: int, height: int, width: int) -> tuple[int, int, int, int]:
+    y0, y1, x0, x1 = box
+    return max(0, y0 - pad), min(height, y1 + pad), max(0, x0 - pad), min(width, x1 + pad)
+
+
+def cutout_reference(
+    image: np.ndarray,
+    mask: np.ndarray,
+    background: RGB = (255, 255, 255),
+    margin: float = 0.05,
+    min_margin_px: int = 4,
+) -> np.ndarray:
+    """The masked object on a solid background, cropped to its bounding box plus a margin
+    (`margin` of the box's longer side, at least `min_margin_px`, clipped to the image).
+    Inside the mask: exactly the source pixels; everywhere else: exactly `background`."""
+    _check(image, mask)
+    mask = mask.astype(bool, copy=False)
+    y0, y1, x0, x1 = box = mask_bbox(mask)
+    pad = max(min_margin_px, math.ceil(margin * max(y1 - y0, x1 - x0)))
+    y0, y1, x0, x1 = _grow(box, pad, *mask.shape)
+    inside = mask[y0:y1, x0:x1]
+    out = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+    out[:] = np.asarray(background, dtype=np.uint8)
+    np.copyto(out, image[y0:y1, x0:x1], where=inside[..., None])
+    return out
+
+
+def background_reference(
+    image: np.ndarray,
+    mask: np.ndarray,
+    method: Literal["telea", "ns"] = "telea",
+    radius: int = 5,
+    dilate_px: int = 7,
+    max_hole_px: int = MAX_HOLE_PX,
+) -> np.ndarray:
+    """The full frame with the foreground (`mask`, dilated by `dilate_px` to take its soft edge
+    and halo too) removed and the hole inpainted from its surroundings. Pixels outside the dilated
+    hole are the source's exactly.
+
+    Only the hole's bounding box plus the inpainting radius is worked on: Telea/NS read no pixel
+    further than `radius` from the hole, so the result equals a full-frame inpaint. A hole over
+    `max_hole_px` pixels is inpainted at an integer downscale (radius kept in working pixels);
+    a working pixel counts as hole if any source pixel under it does, so no foreground value
+    leaks into the fill through the downscale."""
+    _check(image, mask)
+    flag = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}[method]
+    height, width = mask.shape
+    box = mask_bbox(mask)
+    # Work region: the hole grown by the dilation, plus a context ring the inpainting reads.
+    ctx = max(radius, 1) + 1
+    y0, y1, x0, x1 = _grow(box, dilate_px, height, width)
+    hole_area_bound = (y1 - y0) * (x1 - x0)
+    factor = max(1, math.ceil(math.sqrt(hole_area_bound / max_hole_px))) if max_hole_px else 1
+    y0, y1, x0, x1 = _grow((y0, y1, x0, x1), ctx * factor, height, width)
+    hole = mask[y0:y1, x0:x1].astype(np.uint8)
+    if dilate_px > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate_px + 1, 2 * dilate_px + 1))
+        hole = cv2.dilate(hole, kernel)
+    crop = image[y0:y1, x0:x1]
+    out = image.copy()
+    if factor == 1:
+        out[y0:y1, x0:x1] = cv2.inpaint(crop, hole, radius, flag)
+        return out
+    # Downscale by whole blocks (INTER_AREA averages exactly one block per working pixel; the
+    # ragged edge is padded by replication so blocks stay whole), inpaint, upscale, and paste
+    # into the hole only.
+    h, w = hole.shape
+    ph, pw = -h % factor, -w % factor
+    crop_p = cv2.copyMakeBorder(crop, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
+    hole_p = cv2.copyMakeBorder(hole, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
+    small_size = ((w + pw) // factor, (h + ph) // factor)
+    small = cv2.resize(crop_p, small_size, interpolation=cv2.INTER_AREA)
+    small_hole = (cv2.resize(hole_p, small_size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
+    filled = cv2.inpaint(small, small_hole, radius, flag)
+    up = cv2.resize(filled, (w + pw, h + ph), interpolation=cv2.INTER_LINEAR)[:h, :w]
+    region = out[y0:y1, x0:x1]
+    np.copyto(region, up, where=hole.astype(bool)[..., None])
+    return out
