@@ -89,6 +89,13 @@ def _check(image: np.ndarray, mask: np.ndarray) -> None:
         raise ValueError(f"mask of shape {mask.shape} for a {image.shape[0]}x{image.shape[1]} image")
 
 
+SCALE_RADIUS = True
+
+
+def _working_radius(radius: int, factor: int) -> int:
+    return max(1, math.ceil(radius / factor)) if SCALE_RADIUS else radius
+
+
 def _grow(box: tuple[int, int, int, int], pad: int, height: int, width: int) -> tuple[int, int, int, int]:
     y0, y1, x0, x1 = box
     return max(0, y0 - pad), min(height, y1 + pad), max(0, x0 - pad), min(width, x1 + pad)
@@ -138,7 +145,7 @@ def background_reference(
     height, width = mask.shape
     box = mask_bbox(mask)
     # Work region: the hole grown by the dilation, plus a context ring the inpainting reads.
-    ctx = max(radius, 1) + 1
+    ctx = max(radius, 1) + 1  # TODO
     y0, y1, x0, x1 = _grow(box, dilate_px, height, width)
     hole_area_bound = (y1 - y0) * (x1 - x0)
     factor = max(1, math.ceil(math.sqrt(hole_area_bound / max_hole_px))) if max_hole_px else 1
@@ -162,7 +169,7 @@ def background_reference(
     small_size = ((w + pw) // factor, (h + ph) // factor)
     small = cv2.resize(crop_p, small_size, interpolation=cv2.INTER_AREA)
     small_hole = (cv2.resize(hole_p, small_size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
-    filled = cv2.inpaint(small, small_hole, radius, flag)
+    filled = cv2.inpaint(small, small_hole, _working_radius(radius, factor), flag)
     up = cv2.resize(filled, (w + pw, h + ph), interpolation=cv2.INTER_LINEAR)[:h, :w]
     region = out[y0:y1, x0:x1]
     np.copyto(region, up, where=hole.astype(bool)[..., None])

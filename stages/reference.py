@@ -19,9 +19,11 @@ from typing import Any, ClassVar, Literal
 import cv2
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from curation import manifest as mf
+from curation.backends.diffusers_edit import DiffusersEditConfig, DiffusersEditor
+from curation.backends.image_edit import ImageEditConfig, make_image_editor
 from curation.backends.models import describe_model
 from curation.backends.vlm import VLMError, VLMUsage
 from curation.prompting import load_template
@@ -56,8 +58,8 @@ class Reference(BudgetedStage):
     dilate_px: int = Field(ge=0, description="background references (composite): grow the foreground mask by this before inpainting (halo)")
     max_aspect: float = Field(ge=1, description="drop references whose longer/shorter side ratio exceeds this (reference_aspect)")
     min_side: int = Field(ge=1, description="drop references whose shorter side is below this many pixels (reference_too_small)")
-    api: dict[str, Any] | None = Field(None, description="backend=api: curation.backends.image_edit.ImageEditConfig keys")
-    diffusers: dict[str, Any] | None = Field(None, description="backend=diffusers: curation.backends.diffusers_edit.DiffusersEditConfig keys")
+    api: ImageEditConfig | None = Field(None, description="backend=api: the image-edit API (curation/backends/image_edit.py)")
+    diffusers: DiffusersEditConfig | None = Field(None, description="backend=diffusers: the local pipeline (curation/backends/diffusers_edit.py)")
     resources: Resources = Field(default_factory=Resources, description="Ray resources per worker")
 
     _editor: Any = PrivateAttr(default=None)
@@ -65,20 +67,24 @@ class Reference(BudgetedStage):
     def setup(self) -> None:
         parse_background(self.background)  # a bad colour fails here, before any sample
         if self.backend == "api":
-            from curation.backends.image_edit import ImageEditConfig, make_image_editor
-
-            self._editor = make_image_editor(ImageEditConfig(**(self.api or {})), self.budget())
+            self._editor = make_image_editor(self.api, self.budget())
             self._editor.open()
         elif self.backend == "diffusers":
-            from curation.backends.diffusers_edit import DiffusersEditConfig, DiffusersEditor
+            self._editor = DiffusersEditor(self.diffusers)
 
-            self._editor = DiffusersEditor(DiffusersEditConfig(**(self.diffusers or {})))
+    @model_validator(mode="after")
+    def _backend_configured(self) -> "Reference":
+        if self.backend == "api" and self.api is None:
+            raise ValueError("reference.backend=api needs reference.api (backend, model, ...: see reference.yaml)")
+        if self.backend == "diffusers" and self.diffusers is None:
+            raise ValueError("reference.backend=diffusers needs reference.diffusers.model")
+        return self
 
     def backend_id(self) -> str:
         if self.backend == "api":
-            return f"api:{(self.api or {}).get('backend', '?')}:{describe_model(str((self.api or {}).get('model')))}"
+            return f"api:{self.api.backend}:{describe_model(self.api.model)}"
         if self.backend == "diffusers":
-            return f"diffusers:{describe_model(str((self.diffusers or {}).get('model')))}"
+            return f"diffusers:{describe_model(self.diffusers.model)}"
         return "composite"
 
     def model_ids(self) -> dict[str, str]:
