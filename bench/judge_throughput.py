@@ -144,8 +144,11 @@ def measure(judge: str, in_flight: int, args: argparse.Namespace, inputs: str, c
     span = max(f for _, f in times) - min(a for a, _ in times)
     events = sorted([(a, 1) for a, _ in times] + [(f, -1) for _, f in times])
     peak = max(np.cumsum([d for _, d in events]))
+    # Requests in flight at the server on average over the span, as a share of max_in_flight:
+    # below 1, the client side (stage, pool, HTTP client) did not keep every slot filled.
+    busy = sum(f - a for a, f in times) / span / in_flight
     return {"batch": batch, "calls": cfg.edit_score.resources.calls_per_worker, "steady": count / span,
-            "stage": count / wall, "peak": int(peak), "cfg": cfg}
+            "stage": count / wall, "peak": int(peak), "busy": busy, "cfg": cfg}
 
 
 def measure_all(judge: str, in_flight: int, args: argparse.Namespace, work: Path) -> dict:
@@ -160,7 +163,7 @@ def measure_all(judge: str, in_flight: int, args: argparse.Namespace, work: Path
         m["direct"], m["client_ms"] = direct(judge, in_flight, args, inputs, m["cfg"])
         rounds.append(m)
     ideal = in_flight / args.latency / REQUESTS_PER_SAMPLE[judge]
-    median = {k: float(np.median([m[k] for m in rounds])) for k in ("steady", "stage", "direct", "client_ms")}
+    median = {k: float(np.median([m[k] for m in rounds])) for k in ("steady", "stage", "direct", "client_ms", "busy")}
     return {**rounds[0], **median, "judge": judge, "in_flight": in_flight, "samples": count, "inputs": inputs,
             "ideal": ideal, "peak": max(m["peak"] for m in rounds),
             "steady_range": (min(m["steady"] for m in rounds) / ideal, max(m["steady"] for m in rounds) / ideal)}
@@ -311,15 +314,16 @@ def report(results: list[dict], costs: dict[str, dict], args: argparse.Namespace
           f"{args.latency * 1000:.0f} ms/request, {w}x{h} JPEG pairs, median of {args.repeat} round(s)")
     print(f"{'judge':>9} {'req':>3} {'in_flight':>9} {'n':>5} {'batch':>5} {'calls':>5} {'ideal/s':>8} {'steady/s':>9} "
           f"{'steady/ideal':>12} {'stage/s':>8} {'stage/ideal':>11} {'direct/s':>9} {'direct/ideal':>12} "
-          f"{'steady/direct':>13} {'peak':>5} {'steady/ideal range':>18}")
+          f"{'steady/direct':>13} {'busy':>5} {'peak':>5} {'steady/ideal range':>18}")
     for r in results:
         print(f"{r['judge']:>9} {REQUESTS_PER_SAMPLE[r['judge']]:>3} {r['in_flight']:>9} {r['samples']:>5} {r['batch']:>5} "
               f"{r['calls']:>5} {r['ideal']:>8.1f} {r['steady']:>9.1f} {r['steady'] / r['ideal']:>12.3f} "
               f"{r['stage']:>8.1f} {r['stage'] / r['ideal']:>11.3f} {r['direct']:>9.1f} {r['direct'] / r['ideal']:>12.3f} "
-              f"{r['steady'] / r['direct']:>13.3f} {r['peak']:>5} {'%.3f-%.3f' % r['steady_range']:>18}")
+              f"{r['steady'] / r['direct']:>13.3f} {r['busy']:>5.2f} {r['peak']:>5} {'%.3f-%.3f' % r['steady_range']:>18}")
     print("rates are judged samples/s; req = requests per sample; ideal = max_in_flight / latency / req;")
     print("direct = the same requests through the backend alone, no Ray, no stage (the client's ceiling here);")
-    print("steady/direct = the share of the bare client's rate the stage keeps through the pool; peak = most requests in flight")
+    print("steady/direct = the share of the bare client's rate the stage keeps through the pool;")
+    print("busy = mean requests in flight at the server / max_in_flight (steady run); peak = most in flight at once")
     print("goal: steady/ideal >= 0.90")
 
     print("\nwhere the time goes: CPU ms per sample (this process's CPU time; no network)")

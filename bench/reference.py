@@ -1,6 +1,6 @@
 """Benchmark the `composite` reference backend against the floor of merely re-encoding the frame.
 
-    python bench/reference.py [--media DIR] [--per-video 6] [--repeat 3] [--rounds 5] [--png-level 1]
+    python bench/reference.py [--media DIR] [--per-video 6] [--repeat 2] [--rounds 5] [--png-level 1] [--naive]
 
 Real frames: every image under DIR/images (skimage, OpenCV samples, film frames) and `--per-video`
 frames of each video under examples/media, stored as JPEG (quality 95) as `ground_edit` stores the
@@ -14,11 +14,12 @@ Per reference, in the same run, on the same frames:
   floor:      JPEG bytes -> RGB, then PNG-encode the whole frame;
   cutout:     JPEG -> RGB, mask PNG -> bool, cutout_reference, PNG-encode the reference;
   background: JPEG -> RGB, mask PNG -> bool, background_reference, PNG-encode the reference;
-  background, full-res inpaint: the same with `max_hole_px=0` (what a naive inpaint costs).
+  background, full-res inpaint (`--naive`): the same with `max_hole_px=0`, what a naive
+              inpaint of the whole hole at frame resolution costs.
 Each is timed `--repeat` passes over all (frame, mask) pairs per round, rounds interleaved, best
-round kept. The PNG level is the same everywhere (the stage's, `PNG_COMPRESSION`); a second table
-shows what the level costs on the floor. OpenCV runs on one thread by default: a Ray worker of the
-stage holds a fraction of one CPU.
+round kept. The PNG settings are the same everywhere (the stage's: `PNG_COMPRESSION`,
+`PNG_STRATEGY`); a second table shows what level and zlib strategy cost on the floor. OpenCV runs
+on one thread by default: a Ray worker of the stage holds a fraction of one CPU.
 """
 
 from __future__ import annotations
@@ -36,11 +37,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from curation.media.jpeg import encode_jpeg  # noqa: E402
-from curation.reference_composite import PNG_COMPRESSION, background_reference, cutout_reference, encode_reference_png  # noqa: E402
+from curation.reference_composite import PNG_COMPRESSION, PNG_STRATEGY, background_reference, cutout_reference, encode_reference_png  # noqa: E402
 from curation.roe import box_mask, decode_mask_png, encode_mask_png  # noqa: E402
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm"}
+NAIVE = "background, full-res inpaint"
 
 
 def real_frames(media: Path, videos: Path, per_video: int) -> list[np.ndarray]:
@@ -98,9 +100,10 @@ def main() -> int:
     parser.add_argument("--media", type=Path, default=REPO.parent / "shared" / "media", help="holds images/ (shared real media)")
     parser.add_argument("--videos", type=Path, default=REPO / "examples" / "media")
     parser.add_argument("--per-video", type=int, default=6, help="frames taken from each video")
-    parser.add_argument("--repeat", type=int, default=3, help="passes over all (frame, mask) pairs per round")
+    parser.add_argument("--repeat", type=int, default=2, help="passes over all (frame, mask) pairs per round")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the fastest of each kind is kept")
     parser.add_argument("--png-level", type=int, default=PNG_COMPRESSION, help="zlib level for every PNG (the stage's by default)")
+    parser.add_argument("--naive", action="store_true", help="also time a full-resolution inpaint (max_hole_px=0; slow)")
     parser.add_argument("--threads", type=int, default=1, help="cv2.setNumThreads (a stage worker holds under one CPU)")
     args = parser.parse_args()
     cv2.setNumThreads(args.threads)
@@ -126,37 +129,39 @@ def main() -> int:
         "floor (decode + PNG)": floor,
         "cutout": composite(cutout_reference),
         "background": composite(background_reference),
-        "background, full-res inpaint": composite(lambda f, m: background_reference(f, m, max_hole_px=0)),
     }
+    if args.naive:
+        kinds[NAIVE] = composite(lambda f, m: background_reference(f, m, max_hole_px=0))
+    passes = {k: 1 if k == NAIVE else args.repeat for k in kinds}  # the naive inpaint is slow: one pass shows it
     rounds: dict[str, list[float]] = {k: [] for k in kinds}
     out_bytes = {k: work() for k, work in kinds.items()}  # warm-up, and the output sizes
     for _ in range(args.rounds):
         for name, work in kinds.items():
-            # The naive inpaint is slow: one pass per round is plenty to show it.
-            best_of(work, 1 if "full-res" in name else args.repeat, rounds[name])
-    per_ref = {k: min(v) / ((1 if "full-res" in k else args.repeat) * len(pairs)) for k, v in rounds.items()}
+            best_of(work, passes[name], rounds[name])
+    per_ref = {k: min(v) / (passes[k] * len(pairs)) for k, v in rounds.items()}
 
     sizes = sorted({(f.shape[1], f.shape[0]) for f in frames}, key=lambda s: s[0] * s[1])
     fracs = {k: np.mean([(decode_mask_png(m) > 0).mean() for m in v]) for k, v in masks.items()}
     print(f"frames: {len(frames)} real ({len(sizes)} sizes, {sizes[0][0]}x{sizes[0][1]} .. {sizes[-1][0]}x{sizes[-1][1]}), "
           f"JPEG q95; masks: region (mean {fracs['region']:.0%} of the frame) and box ({fracs['box']:.0%}), "
           f"{len(pairs)} references per pass")
-    print(f"PNG level {level}, cv2 threads {cv2.getNumThreads()}, best of {args.rounds} rounds x {args.repeat} passes")
+    print(f"PNG level {level} strategy {PNG_STRATEGY}, cv2 threads {cv2.getNumThreads()}, best of {args.rounds} rounds x {args.repeat} passes")
     floor_s = per_ref["floor (decode + PNG)"]
     print(f"{'':30} {'ms/ref':>8} {'refs/s':>8} {'ratio':>6} {'KiB/ref':>8}")
     for name in kinds:
         print(f"{name:30} {per_ref[name] * 1e3:8.2f} {1 / per_ref[name]:8.1f} {per_ref[name] / floor_s:5.2f}x "
               f"{out_bytes[name] / len(pairs) / 1024:8.1f}")
 
-    print("\nPNG level on the floor (decode + encode the whole frame):")
-    print(f"{'level':>5} {'ms/frame':>9} {'KiB/frame':>10}")
-    for lvl in (0, 1, 3, 6, 9):
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            size = sum(len(encode_reference_png(decode_rgb(j), lvl)) for j in jpegs)
-            times.append(time.perf_counter() - t0)
-        print(f"{lvl:5} {min(times) / len(jpegs) * 1e3:9.2f} {size / len(jpegs) / 1024:10.1f}")
+    print("\nPNG settings on the floor (decode + encode the whole frame):")
+    print(f"{'level':>5} {'strategy':>9} {'ms/frame':>9} {'KiB/frame':>10}")
+    for lvl in (1, 3, 6):
+        for strategy_name, strategy in (("default", cv2.IMWRITE_PNG_STRATEGY_DEFAULT), ("rle", cv2.IMWRITE_PNG_STRATEGY_RLE)):
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                size = sum(len(encode_reference_png(decode_rgb(j), lvl, strategy)) for j in jpegs)
+                times.append(time.perf_counter() - t0)
+            print(f"{lvl:5} {strategy_name:>9} {min(times) / len(jpegs) * 1e3:9.2f} {size / len(jpegs) / 1024:10.1f}")
     return 0
 
 

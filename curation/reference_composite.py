@@ -6,11 +6,12 @@ A reference shows the trainer *what* the edit should bring in, apart from the sc
 - background change: the new background alone, the foreground removed and its hole inpainted
   (`background_reference`).
 
-Both only do work proportional to the object's bounding box (plus a margin), never another
-full-frame pass beyond reading the mask, so a reference costs about what decoding the frame and
-PNG-encoding the result cost. The inpainting is the classic OpenCV one (Telea's fast marching or
-Navier-Stokes): a smooth fill from the hole's border, not a generative one, which is why a large
-hole is filled at a lower resolution where it costs little and loses nothing such a fill has.
+Both work on the object's bounding box (plus a margin) only; beyond it they read the mask once
+and, for a background, copy the frame. So a reference costs about what decoding the frame and
+PNG-encoding the result cost (bench/reference.py). The inpainting is the classic OpenCV one
+(Telea's fast marching or Navier-Stokes): a smooth fill from the hole's border, not a generative
+one, which is why a large hole is filled at a lower resolution, where it costs little and loses
+nothing such a fill has.
 """
 
 from __future__ import annotations
@@ -30,13 +31,18 @@ NAMED_BACKGROUNDS: dict[str, RGB] = {
     "grey": (128, 128, 128),
     "neutral": (128, 128, 128),
 }
-# zlib level of the reference PNGs: 1 is OpenCV's own default and the fastest; higher levels buy a
-# few percent of size for several times the encode time (see bench/reference.py).
+# zlib level and strategy of the reference PNGs (bench/reference.py measures them): level 1 is the
+# fastest and higher levels buy a few percent of size for 2-4x the encode time; run-length
+# matching (Z_RLE) suits PNG's filtered rows, and was smaller and faster than the default here.
 PNG_COMPRESSION = 1
-# A hole larger than this (pixels) is inpainted on a downscaled copy: the cost of Telea/NS grows
-# with hole area x radius^2, and their fill is a smooth extrapolation of the border with no detail
-# a higher resolution would keep.
+PNG_STRATEGY = cv2.IMWRITE_PNG_STRATEGY_RLE
+# A hole whose bounding box exceeds this many pixels is inpainted on a downscaled copy: Telea/NS
+# cost grows with hole area x radius^2 (a person-sized hole in a 720p frame: ~0.3 s at full
+# resolution), and their fill is a smooth extrapolation of the border with no detail a higher
+# resolution would keep.
 MAX_HOLE_PX = 4096
+# Largest downscale: a hole pixel must still show in its block's INTER_AREA average (255/f^2 >= 0.5).
+MAX_FACTOR = 16
 
 
 def parse_background(value: str) -> RGB:
@@ -65,9 +71,10 @@ def reference_problem(width: int, height: int, max_aspect: float = 3.0, min_side
     return None
 
 
-def encode_reference_png(image: np.ndarray, compression: int = PNG_COMPRESSION) -> bytes:
+def encode_reference_png(image: np.ndarray, compression: int = PNG_COMPRESSION, strategy: int = PNG_STRATEGY) -> bytes:
     """(H, W, 3) RGB uint8 -> PNG bytes, as the `reference` column stores them."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    params = [cv2.IMWRITE_PNG_COMPRESSION, compression, cv2.IMWRITE_PNG_STRATEGY, strategy]
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise ValueError("PNG encoder refused the reference")
     return buf.tobytes()
@@ -87,13 +94,6 @@ def _check(image: np.ndarray, mask: np.ndarray) -> None:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
     if mask.shape != image.shape[:2]:
         raise ValueError(f"mask of shape {mask.shape} for a {image.shape[0]}x{image.shape[1]} image")
-
-
-SCALE_RADIUS = True
-
-
-def _working_radius(radius: int, factor: int) -> int:
-    return max(1, math.ceil(radius / factor)) if SCALE_RADIUS else radius
 
 
 def _grow(box: tuple[int, int, int, int], pad: int, height: int, width: int) -> tuple[int, int, int, int]:
@@ -116,10 +116,9 @@ def cutout_reference(
     y0, y1, x0, x1 = box = mask_bbox(mask)
     pad = max(min_margin_px, math.ceil(margin * max(y1 - y0, x1 - x0)))
     y0, y1, x0, x1 = _grow(box, pad, *mask.shape)
-    inside = mask[y0:y1, x0:x1]
     out = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
     out[:] = np.asarray(background, dtype=np.uint8)
-    np.copyto(out, image[y0:y1, x0:x1], where=inside[..., None])
+    cv2.copyTo(image[y0:y1, x0:x1], mask[y0:y1, x0:x1].view(np.uint8), out)  # writes into `out`
     return out
 
 
@@ -132,45 +131,44 @@ def background_reference(
     max_hole_px: int = MAX_HOLE_PX,
 ) -> np.ndarray:
     """The full frame with the foreground (`mask`, dilated by `dilate_px` to take its soft edge
-    and halo too) removed and the hole inpainted from its surroundings. Pixels outside the dilated
-    hole are the source's exactly.
+    and halo too) removed and the hole inpainted from its surroundings (`radius`: how far from
+    the hole, in frame pixels, the fill reads). Pixels outside the dilated hole are the source's
+    exactly.
 
-    Only the hole's bounding box plus the inpainting radius is worked on: Telea/NS read no pixel
-    further than `radius` from the hole, so the result equals a full-frame inpaint. A hole over
-    `max_hole_px` pixels is inpainted at an integer downscale (radius kept in working pixels);
-    a working pixel counts as hole if any source pixel under it does, so no foreground value
-    leaks into the fill through the downscale."""
+    Only the hole's bounding box plus the radius is worked on: Telea/NS read nothing further, so
+    the result equals a full-frame inpaint. A hole whose bounding box exceeds `max_hole_px`
+    pixels (0: never) is inpainted at an integer downscale, with the radius scaled to keep the
+    same neighbourhood; a working pixel counts as hole if any frame pixel under it does, so no
+    foreground value reaches the fill through the downscale."""
     _check(image, mask)
     flag = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}[method]
+    mask = mask.astype(bool, copy=False)
     height, width = mask.shape
-    box = mask_bbox(mask)
-    # Work region: the hole grown by the dilation, plus a context ring the inpainting reads.
-    ctx = max(radius, 1) + 1  # TODO
-    y0, y1, x0, x1 = _grow(box, dilate_px, height, width)
-    hole_area_bound = (y1 - y0) * (x1 - x0)
-    factor = max(1, math.ceil(math.sqrt(hole_area_bound / max_hole_px))) if max_hole_px else 1
-    y0, y1, x0, x1 = _grow((y0, y1, x0, x1), ctx * factor, height, width)
-    hole = mask[y0:y1, x0:x1].astype(np.uint8)
+    hole_box = _grow(mask_bbox(mask), dilate_px, height, width)
+    hole_area = (hole_box[1] - hole_box[0]) * (hole_box[3] - hole_box[2])
+    factor = min(MAX_FACTOR, math.ceil(math.sqrt(hole_area / max_hole_px))) if max_hole_px else 1
+    factor = max(1, factor)
+    work_radius = max(1, math.ceil(radius / factor))
+    y0, y1, x0, x1 = _grow(hole_box, (work_radius + 1) * factor, height, width)  # + the ring the fill reads
+    hole = mask[y0:y1, x0:x1].view(np.uint8) * np.uint8(255)
     if dilate_px > 0:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate_px + 1, 2 * dilate_px + 1))
-        hole = cv2.dilate(hole, kernel)
+        hole = cv2.dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * dilate_px + 1, 2 * dilate_px + 1)))
     crop = image[y0:y1, x0:x1]
+    filled = cv2.inpaint(crop, hole, radius, flag) if factor == 1 else _inpaint_downscaled(crop, hole, factor, work_radius, flag)
     out = image.copy()
-    if factor == 1:
-        out[y0:y1, x0:x1] = cv2.inpaint(crop, hole, radius, flag)
-        return out
-    # Downscale by whole blocks (INTER_AREA averages exactly one block per working pixel; the
-    # ragged edge is padded by replication so blocks stay whole), inpaint, upscale, and paste
-    # into the hole only.
-    h, w = hole.shape
-    ph, pw = -h % factor, -w % factor
-    crop_p = cv2.copyMakeBorder(crop, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
-    hole_p = cv2.copyMakeBorder(hole, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
-    small_size = ((w + pw) // factor, (h + ph) // factor)
-    small = cv2.resize(crop_p, small_size, interpolation=cv2.INTER_AREA)
-    small_hole = (cv2.resize(hole_p, small_size, interpolation=cv2.INTER_AREA) > 0).astype(np.uint8)
-    filled = cv2.inpaint(small, small_hole, _working_radius(radius, factor), flag)
-    up = cv2.resize(filled, (w + pw, h + ph), interpolation=cv2.INTER_LINEAR)[:h, :w]
-    region = out[y0:y1, x0:x1]
-    np.copyto(region, up, where=hole.astype(bool)[..., None])
+    cv2.copyTo(filled, hole, out[y0:y1, x0:x1])  # writes into `out`, inside the hole only
     return out
+
+
+def _inpaint_downscaled(crop: np.ndarray, hole: np.ndarray, factor: int, radius: int, flag: int) -> np.ndarray:
+    """Inpaint `crop` at 1/`factor` scale and upscale the fill back to the crop's size. The crop
+    is padded by replication to whole blocks, so INTER_AREA averages exactly one block per
+    working pixel: a known working pixel holds only known frame pixels, and a block with any
+    hole pixel (255) averages to at least 255/factor^2, above 0 while factor <= MAX_FACTOR."""
+    h, w = hole.shape
+    pad_h, pad_w = -h % factor, -w % factor
+    size = ((w + pad_w) // factor, (h + pad_h) // factor)
+    small = cv2.resize(cv2.copyMakeBorder(crop, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE), size, interpolation=cv2.INTER_AREA)
+    small_hole = cv2.resize(cv2.copyMakeBorder(hole, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE), size, interpolation=cv2.INTER_AREA)
+    filled = cv2.inpaint(small, small_hole, radius, flag)
+    return cv2.resize(filled, (w + pad_w, h + pad_h), interpolation=cv2.INTER_LINEAR)[:h, :w]

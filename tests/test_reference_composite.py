@@ -137,16 +137,17 @@ def magentaness(image: np.ndarray) -> np.ndarray:
     return np.minimum(image[..., 0], image[..., 2]) - image[..., 1]
 
 
-def paste_magenta_star(photo: np.ndarray, center: tuple[int, int], size: int) -> tuple[np.ndarray, np.ndarray]:
+def paste_magenta_star(photo: np.ndarray, center: tuple[int, int], size: int, soft: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """A magenta star with a soft, blurred edge (a halo of blended pixels, as real cutouts have)
-    pasted onto the photo; its mask is alpha > 0.5, so the halo lies outside the mask."""
+    pasted onto the photo; its mask is alpha > 0.5, so the halo lies outside the mask.
+    `soft=False`: a hard edge, every changed pixel inside the mask."""
     cx, cy = center
     angles = np.linspace(0, 2 * np.pi, 11)[:-1]
     radii = np.where(np.arange(10) % 2 == 0, size, size * 0.45)
     points = np.stack([cx + radii * np.sin(angles), cy - radii * np.cos(angles)], axis=1).astype(np.int32)
     alpha = np.zeros(photo.shape[:2], np.float32)
-    cv2.fillPoly(alpha, [points], 1.0, lineType=cv2.LINE_AA)
-    alpha = cv2.GaussianBlur(alpha, (0, 0), 1.5)[..., None]
+    cv2.fillPoly(alpha, [points], 1.0, lineType=cv2.LINE_AA if soft else cv2.LINE_8)
+    alpha = (cv2.GaussianBlur(alpha, (0, 0), 1.5) if soft else alpha)[..., None]
     pasted = (photo * (1 - alpha) + MAGENTA * alpha).round().astype(np.uint8)
     return pasted, alpha[..., 0] > 0.5
 
@@ -212,6 +213,19 @@ def test_large_hole_fill_keeps_no_foreground():
     assert mask.sum() > 4 * 4096  # takes the downscaled path
     ref = background_reference(pasted, mask)
     assert magentaness(ref).max() < 40
+
+
+@pytest.mark.parametrize("max_hole_px", [4096, 16])  # 16: the downscale hits MAX_FACTOR
+def test_downscaled_fill_reads_no_partly_covered_block(max_hole_px):
+    """Hard-edged foreground, no dilation: only the mask itself separates foreground from
+    background, so a working pixel that averaged even a few foreground pixels in would tint
+    the fill."""
+    frame = load_rgb("opencv-doc/leuvenA.jpg")
+    pasted, mask = paste_magenta_star(frame, (380, 280), 250, soft=False)
+    assert (magentaness(pasted) > 40).sum() == mask.sum()
+    ref = background_reference(pasted, mask, dilate_px=0, max_hole_px=max_hole_px)
+    assert magentaness(ref).max() < 40
+    np.testing.assert_array_equal(ref[~mask], pasted[~mask])
 
 
 # ---- sizes, colours, encoding ---------------------------------------------------------------

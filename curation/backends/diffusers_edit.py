@@ -46,7 +46,8 @@ class DiffusersEditConfig(BaseModel):
 
     model: str = Field("Qwen/Qwen-Image-Edit", description="hub id, local directory or tiny:qwen-image-edit / tiny:instruct-pix2pix")
     steps: int = Field(50, ge=1, description="num_inference_steps")
-    guidance_scale: float | None = Field(None, description="the pipeline's guidance_scale (InstructPix2Pix: text CFG; Qwen-Image-Edit: guidance-distilled checkpoints only)")
+    guidance_scale: float | None = Field(
+        None, description="the pipeline's guidance_scale (InstructPix2Pix: text CFG; Qwen-Image-Edit: guidance-distilled checkpoints only)")
     true_cfg_scale: float | None = Field(4.0, description="Qwen-Image-Edit's classifier-free guidance (runs only with a negative_prompt)")
     negative_prompt: str | None = Field(" ", description="same for every image; None passes none")
     image_guidance_scale: float | None = Field(None, description="InstructPix2Pix: how closely to follow the input image")
@@ -59,13 +60,8 @@ class DiffusersEditConfig(BaseModel):
         "input: the input's size, where the pipeline takes height/width. Results are resized to the input's size either way")
 
 
-# Config field -> the `__call__` keyword it is passed as, when set (not None).
-OPTIONAL_CALL_ARGS = {
-    "guidance_scale": "guidance_scale",
-    "true_cfg_scale": "true_cfg_scale",
-    "negative_prompt": "negative_prompt",
-    "image_guidance_scale": "image_guidance_scale",
-}
+# Config fields passed to `__call__` under their own name, when set (not None).
+OPTIONAL_CALL_ARGS = ("guidance_scale", "true_cfg_scale", "negative_prompt", "image_guidance_scale")
 
 
 class DiffusersEditor:
@@ -86,7 +82,7 @@ class DiffusersEditor:
         for needed in ("image", "prompt", "num_inference_steps", "generator", "output_type"):
             if needed not in accepted:
                 raise ValueError(f"{type(self.pipe).__name__}.__call__ takes no {needed}=; not an image-editing pipeline")
-        unsupported = [f for f, arg in OPTIONAL_CALL_ARGS.items() if getattr(cfg, f) is not None and arg not in accepted]
+        unsupported = [arg for arg in OPTIONAL_CALL_ARGS if getattr(cfg, arg) is not None and arg not in accepted]
         if unsupported:
             raise ValueError(f"{type(self.pipe).__name__} does not take {', '.join(unsupported)}; set them to null")
         self.sizes_from_input = cfg.working_size == "input" and {"height", "width"} <= accepted.keys()
@@ -113,7 +109,7 @@ class DiffusersEditor:
         from PIL import Image
 
         height, width = images[0].shape[:2]
-        kwargs = {arg: getattr(self.cfg, f) for f, arg in OPTIONAL_CALL_ARGS.items() if getattr(self.cfg, f) is not None}
+        kwargs = {arg: getattr(self.cfg, arg) for arg in OPTIONAL_CALL_ARGS if getattr(self.cfg, arg) is not None}
         if "negative_prompt" in kwargs:  # one per image: Qwen encodes it with each image
             kwargs["negative_prompt"] = [kwargs["negative_prompt"]] * len(images)
         if self.sizes_from_input:
