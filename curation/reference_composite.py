@@ -146,8 +146,7 @@ def background_reference(
     height, width = mask.shape
     hole_box = _grow(mask_bbox(mask), dilate_px, height, width)
     hole_area = (hole_box[1] - hole_box[0]) * (hole_box[3] - hole_box[2])
-    factor = min(MAX_FACTOR, math.ceil(math.sqrt(hole_area / max_hole_px))) if max_hole_px else 1
-    factor = max(1, factor)
+    factor = max(1, min(MAX_FACTOR, math.ceil(math.sqrt(hole_area / max_hole_px)))) if max_hole_px else 1
     work_radius = max(1, math.ceil(radius / factor))
     y0, y1, x0, x1 = _grow(hole_box, (work_radius + 1) * factor, height, width)  # + the ring the fill reads
     hole = mask[y0:y1, x0:x1].view(np.uint8) * np.uint8(255)

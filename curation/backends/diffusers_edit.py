@@ -28,13 +28,9 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.backends.models import DEVICE_PATTERN, TINY_BUILDERS, pick_device, resolve_model
+from curation.backends.models import DEVICE_PATTERN, pick_device, resolve_model
 
 log = logging.getLogger(__name__)
-
-# Registered here until models.TINY_BUILDERS lists them itself (it maps name -> "module:function").
-TINY_BUILDERS.setdefault("qwen-image-edit", "curation.backends.diffusers_edit:build_tiny_qwen_image_edit")
-TINY_BUILDERS.setdefault("instruct-pix2pix", "curation.backends.diffusers_edit:build_tiny_instruct_pix2pix")
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 

@@ -25,6 +25,8 @@ TINY_BUILDERS: dict[str, str] = {
     "qwen2-vl": "curation.backends.tiny_vlm:build_tiny_qwen2_vl",
     "grounding-dino": "curation.backends.tiny_vision:build_tiny_grounding_dino",
     "sam2": "curation.backends.tiny_vision:build_tiny_sam2",
+    "qwen-image-edit": "curation.backends.diffusers_edit:build_tiny_qwen_image_edit",
+    "instruct-pix2pix": "curation.backends.diffusers_edit:build_tiny_instruct_pix2pix",
 }
 TINY_VERSION = "v1"
 
