@@ -18,6 +18,9 @@ from conftest import shared_media  # noqa: E402
 from curation.backends.diffusers_edit import DiffusersEditConfig, DiffusersEditor  # noqa: E402
 from curation.backends.models import resolve_model  # noqa: E402
 
+# diffusers' schedulers call np.array(tensor, copy=False), which numpy 2 warns about; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers")
+
 PIX2PIX = dict(model="tiny:instruct-pix2pix", steps=2, device="cpu", guidance_scale=7.5, image_guidance_scale=1.5,
                true_cfg_scale=None, negative_prompt=None)
 
