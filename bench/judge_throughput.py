@@ -40,6 +40,7 @@ the same load on a shared machine) and prints medians, with the range of steady/
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -153,8 +154,8 @@ def measure(judge: str, in_flight: int, args: argparse.Namespace, inputs: str, c
 
 def measure_all(judge: str, in_flight: int, args: argparse.Namespace, work: Path) -> dict:
     """`args.repeat` rounds of (stage through Ray, then the direct baseline) on one input; the
-    median of each rate. Each baseline runs right after its stage run, in the same conditions of
-    a shared machine, and after it, so the two never compete for the CPUs."""
+    median of each rate. Each baseline runs right after its stage run: close enough in time to
+    see the same load on a shared machine, never at the same time, so the two do not compete."""
     count = sample_count(judge, in_flight, args.latency, args.seconds)
     inputs = write_pairs(work / f"in-{judge}-{in_flight}", count, args.image_size)
     rounds = []
@@ -216,7 +217,6 @@ class InstantBackend:
     def __init__(self, judge: str):
         from curation.backends.vlm import VLMReply, VLMUsage, parse_reply
         from curation.prompting import load_template
-        import json
 
         raw = json.dumps(ANSWERS[judge])
         parsed = {load_template(n).schema: parse_reply(load_template(n).schema, raw)[0] for n in TEMPLATES[judge]}
