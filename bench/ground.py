@@ -26,7 +26,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm"}
+from frames import spread_frames  # noqa: E402  (bench/, the script's own directory)
+
 QUERIES = ["a car", "a person in a jacket"]
 
 
@@ -35,20 +36,12 @@ def real_frames(videos: Path, per_video: int, max_side: int | None) -> list[np.n
     from curation.media.jpeg import encode_jpeg
 
     frames = []
-    for path in sorted(p for p in videos.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
-        cap = cv2.VideoCapture(str(path))
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        for k in range(per_video):
-            cap.set(cv2.CAP_PROP_POS_FRAMES, int((k + 0.5) * count / per_video))
-            ok, bgr = cap.read()
-            if not ok:
-                continue
-            if max_side and max(bgr.shape[:2]) > max_side:
-                scale = max_side / max(bgr.shape[:2])
-                bgr = cv2.resize(bgr, (round(bgr.shape[1] * scale), round(bgr.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-            jpeg = encode_jpeg(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), 95)
-            frames.append(cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
-        cap.release()
+    for bgr in spread_frames(videos, per_video):
+        if max_side and max(bgr.shape[:2]) > max_side:
+            scale = max_side / max(bgr.shape[:2])
+            bgr = cv2.resize(bgr, (round(bgr.shape[1] * scale), round(bgr.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+        jpeg = encode_jpeg(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), 95)
+        frames.append(cv2.cvtColor(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
     return frames
 
 

@@ -37,11 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from curation.media.jpeg import encode_jpeg  # noqa: E402
+from frames import spread_frames  # noqa: E402  (bench/, the script's own directory)
 from curation.reference_composite import PNG_COMPRESSION, PNG_STRATEGY, background_reference, cutout_reference, encode_reference_png  # noqa: E402
 from curation.roe import box_mask, decode_mask_png, encode_mask_png  # noqa: E402
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm"}
 NAIVE = "background, full-res inpaint"
 
 
@@ -52,15 +52,7 @@ def real_frames(media: Path, videos: Path, per_video: int) -> list[np.ndarray]:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is not None:
             frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    for path in sorted(p for p in videos.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
-        cap = cv2.VideoCapture(str(path))
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        for k in range(per_video):
-            cap.set(cv2.CAP_PROP_POS_FRAMES, int((k + 0.5) * count / per_video))
-            ok, bgr = cap.read()
-            if ok:
-                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        cap.release()
+    frames.extend(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) for bgr in spread_frames(videos, per_video))
     return frames
 
 

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import av
-import pyarrow.compute as pc
 import pytest
 
 from curation import manifest as mf
