@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-import cv2
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field, PrivateAttr
@@ -25,6 +24,7 @@ from curation.backends.detect import Detection as FoundBox, DetectorConfig, Grou
 from curation.backends.models import describe_model
 from curation.backends.segment import Sam2Segmenter, SegmenterConfig
 from curation.manifest import rows_to_table
+from curation.media.jpeg import decode_image
 from curation.roe import FrameRegions, fuse_turn
 from curation.stage import Resources, Stage, StageError, failure_reason
 
@@ -184,10 +184,10 @@ def plan_session(row: dict[str, Any]) -> _SessionPlan:
         if not 0 <= turn.index < len(frames) - 1:
             raise StageError(f"bad_turn: turn {turn.index} needs frames {turn.index} and {turn.index + 1} of {len(frames)}")
         plans.append(plan_turn(turn))
-    images = {s.frame: decode_frame(frames[s.frame], s.frame) for t in plans for s in (t.src, t.tgt) if s.queries}
+    images = {s.frame: decode_image(frames[s.frame], f"frame {s.frame}") for t in plans for s in (t.src, t.tgt) if s.queries}
     height, width = row.get("frame_height"), row.get("frame_width")
     if height is None or width is None:
-        height, width = decode_frame(frames[0], 0).shape[:2]
+        height, width = decode_image(frames[0], "frame 0").shape[:2]
     for k, image in images.items():
         if image.shape[:2] != (height, width):
             raise StageError(f"frame_size_mismatch: frame {k} is {image.shape[1]}x{image.shape[0]}, row says {width}x{height}")
@@ -208,11 +208,3 @@ def plan_turn(turn: Turn) -> _TurnPlan:
                 search.entities.append(entity)
                 search.queries.append(query)
     return _TurnPlan(turn.index, True, src, tgt)
-
-
-def decode_frame(data: bytes, index: int) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise StageError(f"decode_failed: frame {index} is not a readable image")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-

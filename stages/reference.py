@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-import cv2
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
@@ -26,6 +25,7 @@ from curation.backends.diffusers_edit import DiffusersEditConfig, DiffusersEdito
 from curation.backends.image_edit import ImageEditConfig, make_image_editor
 from curation.backends.models import describe_model
 from curation.backends.vlm import VLMError, VLMUsage
+from curation.media.jpeg import decode_image
 from curation.prompting import load_template
 from curation.reference_composite import (background_reference, cutout_reference, encode_reference_png, parse_background,
                                          reference_problem)
@@ -150,8 +150,10 @@ class Reference(BudgetedStage):
                 made[r], usage[r] = reply.reason, reply.usage
                 continue
             usage[r] = reply.usage
-            image = cv2.imdecode(np.frombuffer(reply.image, np.uint8), cv2.IMREAD_COLOR)
-            made[r] = "image_edit_bad_output: the API's image does not decode" if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+            try:
+                made[r] = decode_image(reply.image)
+            except StageError:
+                made[r] = "image_edit_bad_output: the API's image does not decode"
         return made, usage
 
     def _quad(self, row: dict[str, Any], image: np.ndarray, usage: VLMUsage | None) -> dict[str, Any]:
@@ -172,9 +174,7 @@ def _inputs(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
     """The target's first frame (RGB), its mask (bool) and the mode, as ground_edit stored them."""
     if not row.get("tgt_frame") or not row.get("mask_tgt"):
         raise StageError("not_grounded: run ground_edit first (no tgt_frame/mask_tgt)")
-    frame = cv2.imdecode(np.frombuffer(row["tgt_frame"], np.uint8), cv2.IMREAD_COLOR)
-    if frame is None:
-        raise StageError("decode_failed: tgt_frame is not a readable image")
+    frame = decode_image(row["tgt_frame"], "tgt_frame")
     try:
         mask = decode_mask_png(row["mask_tgt"]) > 0
     except ValueError as e:
@@ -183,7 +183,7 @@ def _inputs(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
         raise StageError(f"mask_size_mismatch: mask {mask.shape[::-1]} vs frame {frame.shape[1::-1]}")
     if not mask.any():  # ground_edit never stores one; a hand-made manifest might
         raise StageError("empty_mask: mask_tgt has no foreground pixel")
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), mask, row.get("edit_mode") or "object"
+    return frame, mask, row.get("edit_mode") or "object"
 
 
 def _dump(usage: VLMUsage | None) -> dict[str, Any] | None:

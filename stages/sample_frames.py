@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
 import cv2
@@ -11,8 +10,9 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from curation.media.decode import read_frames
+from curation.media.timing import clip_span, clip_times
 from curation.media.jpeg import encode_jpeg
-from curation.stage import Stage, StageError
+from curation.stage import Stage
 
 MIN_SESSION_FRAMES = 2  # one transition needs two frames
 
@@ -49,10 +49,7 @@ class SampleFrames(Stage):
         return self
 
     def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:
-        start, end = int(row["start_frame"]), int(row["end_frame"])
-        frame_pts = row.get("frame_pts")
-        if frame_pts is not None and len(frame_pts) != end - start:
-            frame_pts = None  # not this clip's: read_frames then decodes sequentially
+        start, end, frame_pts = clip_span(row)
         times = clip_times(start, end, row.get("fps"), frame_pts, row.get("time_base"))
         sampling, offsets = self.choose(times, self.rng(row["sample_id"]))
         if len(offsets) < MIN_SESSION_FRAMES:
@@ -97,16 +94,6 @@ class SampleFrames(Stage):
         scale = self.max_side / max(height, width)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def clip_times(start: int, end: int, fps: float | None, frame_pts: list[int] | None, time_base: str | None) -> np.ndarray:
-    """Presentation time (s) of every frame of the clip: from the recorded pts when there are any
-    (exact under VFR), else index / fps."""
-    if frame_pts is not None and time_base:
-        return np.asarray(frame_pts, dtype=np.float64) * float(Fraction(time_base))
-    if not fps:
-        raise StageError("no_fps: clip row has neither frame_pts with time_base nor fps")
-    return np.arange(start, end, dtype=np.float64) / float(fps)
 
 
 def interval_offsets(times: np.ndarray, interval_s: float, max_frames: int) -> list[int]:

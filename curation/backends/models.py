@@ -27,6 +27,8 @@ TINY_BUILDERS: dict[str, str] = {
     "sam2": "curation.backends.tiny_vision:build_tiny_sam2",
     "qwen-image-edit": "curation.backends.diffusers_edit:build_tiny_qwen_image_edit",
     "instruct-pix2pix": "curation.backends.diffusers_edit:build_tiny_instruct_pix2pix",
+    "clip": "curation.backends.tiny_clip:build_tiny_clip",
+    "open-clip": "curation.backends.tiny_clip:build_tiny_open_clip",
 }
 TINY_VERSION = "v1"
 

@@ -1,0 +1,87 @@
+"""filter_quality: cheap real-signal checks on each clip before any VLM is paid for.
+
+Black borders (crop recorded), luminance, blur, burned-in text (RapidOCR), NSFW (NudeNet), motion
+(Farneback flow) and the camera's motion class (a homography between frames, which also fills
+VINCIE's camera label when no VLM annotates). Each check is switchable and writes its score into
+`scores`; a clip failing any enabled check is dropped with the first failure as its reason (in a
+fixed order, `curation.quality.CHECK_ORDER`), and keeps every score for the auditor.
+
+Clips and videos are sampled at `quality.num_frames` frames over their span; a session is checked
+on its stored frames; pairs and triplets on their target (first frame).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from curation import manifest as mf
+from curation.annotation import CameraLabel
+from curation.media.decode import read_frames
+from curation.media.representative import representative_image
+from curation.media.jpeg import decode_image
+from curation.media.timing import clip_span, clip_times
+from curation.quality import QualityConfig, assess, load_models, sample_indices
+from curation.stage import Resources, Stage, StageError
+
+
+class FilterQualityColumns(BaseModel):
+    scores: dict[str, float] | None = Field(
+        None, description="name -> score; filter_quality adds border_fraction, luma, laplacian_var, text_area(_max), "
+        "nsfw, motion_px_per_s, camera_shift_x/y, camera_zoom (those its enabled checks computed)")
+    crop_box: list[int] | None = Field(None, description="active picture inside black borders: x0, y0, x1, y1 (exclusive), source pixels")
+    camera_motion: CameraLabel | None = Field(None, description="VINCIE camera label from the homography (none = static); null: undetermined")
+    camera_motion_raw: str | None = Field(None, description="the homography's own label: static, pan-*, tilt-*, zoom-in/out, undetermined")
+
+
+class FilterQuality(Stage):
+    """Drop dark, blurry, text-covered, unsafe, static or mostly-border clips; record crop box and camera motion."""
+
+    name: ClassVar[str] = "filter_quality"
+    version: ClassVar[str] = "1"
+    Columns: ClassVar[type[BaseModel]] = FilterQualityColumns
+
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="the checks, their switches and thresholds")
+    max_pixels: int = Field(1 << 26, gt=0, description="image-bomb guard for images read from files")
+    resources: Resources = Field(default_factory=Resources, description="Ray resources per worker")
+
+    def setup(self) -> None:
+        load_models(self.quality)
+
+    def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        frames, times = self._frames(row)
+        report = assess(frames, self.quality, times_s=times)
+        columns = {
+            "scores": {**mf.scores_of(row), **report.scores},
+            "crop_box": list(report.crop_box) if report.crop_box is not None else None,
+            "camera_motion": report.camera,
+            "camera_motion_raw": report.camera_raw,
+        }
+        if report.reason:
+            return [{**self.error_row(row, report.reason, "dropped"), **columns}]
+        return [self.enrich(row, **columns)]
+
+    def _frames(self, row: dict[str, Any]) -> tuple[list[np.ndarray], list[float] | None]:
+        """The frames to check and their times in seconds (None for stills: no motion checks)."""
+        kind = row.get("kind")
+        if kind == "session":
+            stored = row.get("frames") or []
+            if not stored:
+                raise StageError("no_media: session has no stored frames")
+            frames = [decode_image(data, f"frame {i}") for i, data in enumerate(stored)]
+            return frames, row.get("frame_times_s")
+        if kind in ("clip", "video"):
+            if kind == "clip":
+                start, end, frame_pts = clip_span(row)
+            else:
+                start, end, frame_pts = 0, int(row.get("num_frames") or 0), None
+            if end <= start:
+                raise StageError(f"no_media: empty span [{start}, {end})")
+            indices = sample_indices(start, end, self.quality.num_frames)
+            times = clip_times(start, end, row.get("fps"), frame_pts, row.get("time_base"))
+            frames = read_frames(row["source_uri"], indices, frame_pts, first_index=start)
+            return frames, [float(times[i - start]) for i in indices]
+        _, image = representative_image(row, "target", self.max_pixels)
+        return [image], None
