@@ -168,9 +168,8 @@ def show(
     typer.secho("lineage", bold=True)
     depth, frontier = 0, row.get("parent_ids") or []
     # Stages that enrich a sample (annotate, ground, ...) keep its id: list each one it went through.
-    history = [(d, status) for d, status in _statuses(run_dir, dirs, sample_id)]
-    path = " -> ".join(f"{d} {status}" for d, status in history)
-    typer.echo(f"  {row['kind']} {sample_id} [{path}]" + (f" ({row['reason']})" if row.get("reason") else ""))
+    typer.echo(f"  {row['kind']} {sample_id} [{_history(run_dir, dirs, sample_id)}]"
+               + (f" ({row['reason']})" if row.get("reason") else ""))
     while frontier:
         depth += 1
         next_frontier = []
@@ -180,9 +179,15 @@ def show(
                 typer.echo(f"  {'  ' * depth}<- {parent_id} (not in this run)")
                 continue
             pwhere, prow = parent
-            typer.echo(f"  {'  ' * depth}<- {prow['kind']} {parent_id} [{pwhere}] {prow['status']}  {prow['source_uri']}")
+            history = _history(run_dir, dirs, parent_id) if pwhere in dirs else f"{pwhere} {prow['status']}"
+            typer.echo(f"  {'  ' * depth}<- {prow['kind']} {parent_id} [{history}]  {prow['source_uri']}")
             next_frontier.extend(prow.get("parent_ids") or [])
         frontier = next_frontier
+
+
+def _history(run_dir: str, dirs: list[str], sample_id: str) -> str:
+    """Every stage a sample went through with its status there, e.g. `02-scene_split ok -> 03-filter_quality dropped`."""
+    return " -> ".join(f"{d} {status}" for d, status in _statuses(run_dir, dirs, sample_id))
 
 
 def main() -> None:  # pragma: no cover - console entry

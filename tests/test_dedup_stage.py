@@ -254,3 +254,24 @@ def test_embed_then_dedup_through_ray_with_a_tiny_clip(tmp_path, ray_local, back
     pair = [deduped["chelsea.png"], deduped["chelsea_copy.png"]]
     assert sorted(r["status"] for r in pair) == ["dropped", "ok"]
     assert "pixel-identical" in next(r for r in pair if r["status"] == "dropped")["reason"]
+
+
+@pytest.mark.slow
+def test_the_cell_search_as_ray_tasks_keeps_what_exact_search_keeps(tmp_path, ray_local, monkeypatch):
+    import stages.dedup
+
+    calls = []
+    real = stages.dedup._ray_map
+    monkeypatch.setattr(stages.dedup, "_ray_map", lambda fn, shared, tasks: (calls.append(len(tasks)), real(fn, shared, tasks))[1])
+    base = [unit(i) for i in range(400)]
+    rows = [planted(f"s{i}", v) for i, v in enumerate(base)]
+    rows += [planted(f"d{i}", base[i] + 0.1 * unit(1000 + i)) for i in range(0, 400, 10)]  # 40 near-duplicates
+    kept = {}
+    for method in ("exact", "semantic"):
+        stage = build_stage("dedup", overrides=["dedup.embedder=phash", "dedup.threshold=0.95", f"dedup.search.method={method}",
+                                                "dedup.search.task_rows=100"])
+        result = run_stage_locally(stage, rows, tmp_path / method, fragments=3)
+        kept[method] = {sid for sid, r in result.items() if r["status"] == "ok"}
+    assert len(kept["exact"]) == 400
+    assert kept["semantic"] == kept["exact"]
+    assert calls and calls[0] >= 2  # the semantic search went out as several Ray tasks

@@ -49,12 +49,13 @@ def example_run(tmp_path_factory) -> Path:
     return run_dir
 
 
-STAGES = ["01-ingest", "02-scene_split", "03-sample_frames", "04-annotate", "05-ground", "06-shard"]
+STAGES = ["01-ingest", "02-scene_split", "03-filter_quality", "04-sample_frames", "05-annotate", "06-ground", "07-embed",
+          "08-dedup", "09-shard"]
 
 
 def test_sessions_pipeline_writes_manifests_shards_and_run_records(example_run):
     stages = [p.name for p in sorted(example_run.iterdir()) if p.is_dir()]
-    assert stages[:6] == STAGES
+    assert stages[:len(STAGES)] == STAGES
     for d in STAGES:
         record = json.loads((example_run / d / "_run.json").read_text())
         assert record["config"]["pipeline"] == "sessions" and record["config_hash"] and "git_sha" in record
@@ -65,15 +66,30 @@ def test_sessions_pipeline_writes_manifests_shards_and_run_records(example_run):
     clips = mf.read_table(str(example_run / "02-scene_split"))
     ok_clips = clips.filter(pc.equal(clips.column("status"), "ok"))
     assert ok_clips.num_rows >= 4  # testvideo has 3 content shots, the Intel clips one each
-    sessions = mf.read_table(str(example_run / "03-sample_frames"))
+
+    # filter_quality: every clip is scored by every check; testvideo.mp4 carries a burned-in copyright
+    # line (~5% of the frame), above EasyAnimate's 2% text-area limit, so its clips are dropped.
+    checked = mf.read_table(str(example_run / "03-filter_quality")).to_pylist()
+    assert len(checked) == ok_clips.num_rows
+    for row in checked:
+        assert {"luma", "laplacian_var", "text_area", "nsfw", "motion_px_per_s", "border_fraction"} <= set(dict(row["scores"]))
+        x0, y0, x1, y1 = row["crop_box"]
+        assert 0 <= x0 < x1 <= row["width"] and 0 <= y0 < y1 <= row["height"]
+        assert row["camera_motion_raw"] in ("static", "pan-left", "pan-right", "tilt-up", "tilt-down", "zoom-in", "zoom-out", "undetermined")
+        if row["source_uri"].endswith("testvideo.mp4"):
+            assert row["status"] == "dropped" and row["reason"].startswith("text_overlay: text area 0.05")
+    kept_clips = [r for r in checked if r["status"] == "ok"]
+    assert kept_clips and all(dict(r["scores"])["motion_px_per_s"] >= 0.3 for r in kept_clips)
+
+    sessions = mf.read_table(str(example_run / "04-sample_frames"))
     ok_sessions = sessions.filter(pc.equal(sessions.column("status"), "ok"))
-    assert ok_sessions.num_rows >= 4
+    assert ok_sessions.num_rows == len(kept_clips)
     for row in ok_sessions.to_pylist():
         assert 2 <= len(row["frames"]) == len(row["frame_indices"])
         assert row["start_frame"] <= min(row["frame_indices"]) and max(row["frame_indices"]) < row["end_frame"]
 
     # annotate: the tiny random VLM under constrained decoding gives schema-valid JSON for every turn.
-    annotated = mf.read_table(str(example_run / "04-annotate")).to_pylist()
+    annotated = mf.read_table(str(example_run / "05-annotate")).to_pylist()
     assert len(annotated) == ok_sessions.num_rows and {r["status"] for r in annotated} == {"ok"}
     for row in annotated:
         assert len(row["turns"]) == len(row["frames"]) - 1
@@ -81,12 +97,12 @@ def test_sessions_pipeline_writes_manifests_shards_and_run_records(example_run):
             assert turn["error"] is None
             TransitionAnnotation.model_validate_json(turn["annotation"])
             assert turn["camera"] in CAMERA_LABELS
-    record = json.loads((example_run / "04-annotate" / "_run.json").read_text())
+    record = json.loads((example_run / "05-annotate" / "_run.json").read_text())
     assert record["random_weights"] == ["vlm"] and record["vlm"]["usage"]["requests"] >= sum(len(r["turns"]) for r in annotated)
     assert record["model_ids"]["vlm"].endswith("(RANDOM WEIGHTS)")
 
     # ground: one RoE entry per turn; masks (when found) are frame-sized PNGs.
-    grounded = mf.read_table(str(example_run / "05-ground")).to_pylist()
+    grounded = mf.read_table(str(example_run / "06-ground")).to_pylist()
     assert {r["status"] for r in grounded} == {"ok"}
     for row in grounded:
         assert [r["turn"] for r in row["roe"]] == [t["index"] for t in row["turns"]]
@@ -95,11 +111,21 @@ def test_sessions_pipeline_writes_manifests_shards_and_run_records(example_run):
             for side in ("src_mask", "tgt_mask"):
                 if roe[side] is not None:
                     assert decode_mask_png(roe[side]).shape == (row["frame_height"], row["frame_width"])
-    assert sorted(json.loads((example_run / "05-ground" / "_run.json").read_text())["random_weights"]) == ["detector", "segmenter"]
+    assert sorted(json.loads((example_run / "06-ground" / "_run.json").read_text())["random_weights"]) == ["detector", "segmenter"]
     assert "RANDOM WEIGHTS" in (example_run / "stderr.txt").read_text()
 
+    # dedup (phash under models=tiny): the 10 s pieces of one tripod shot are near-duplicates; each
+    # group keeps one member and names it in duplicate_of.
+    deduped = mf.read_table(str(example_run / "08-dedup")).to_pylist()
+    assert len(deduped) == len(grounded)
+    kept = {r["sample_id"] for r in deduped if r["status"] == "ok"}
+    for row in deduped:
+        assert len(row["embedding"]) == 64 and row["embedded_media"] == "middle_frame"
+        if row["status"] == "dropped":
+            assert row["reason"].startswith("near_duplicate: its group keeps ") and row["duplicate_of"] in kept
+
     card = json.loads((example_run / "shards" / "_dataset.json").read_text())
-    assert card["num_samples"] == len(grounded) == card["counts_by_kind"]["session"]
+    assert card["num_samples"] == len(kept) == card["counts_by_kind"]["session"]
 
 
 def test_three_readers_open_the_example_shards_without_our_code(example_run):
@@ -139,13 +165,13 @@ def test_status_and_show_report_counts_and_lineage(example_run):
     status = curate("status", str(example_run))
     for d in STAGES:
         assert d in status.stderr + status.stdout
-    shard_rows = mf.read_table(str(example_run / "06-shard")).to_pylist()
+    shard_rows = mf.read_table(str(example_run / "09-shard")).to_pylist()
     sample_id = shard_rows[0]["sample_id"]
     shown = curate("show", str(example_run), sample_id).stdout
     assert sample_id in shown and "lineage" in shown
     # session <- clip <- video <- source: every hop is printed with its stage directory
-    assert "[03-sample_frames ok -> 04-annotate ok -> 05-ground ok -> 06-shard ok]" in shown
-    for where in ("02-scene_split", "01-ingest", "01-ingest/_input"):
+    assert "[04-sample_frames ok -> 05-annotate ok -> 06-ground ok -> 07-embed ok -> 08-dedup ok -> 09-shard ok]" in shown
+    for where in ("02-scene_split ok -> 03-filter_quality ok", "01-ingest ok", "01-ingest/_input ok"):
         assert f"[{where}]" in shown
     missing = curate("show", str(example_run), "nope", check=False)
     assert missing.returncode == 1 and "nope" in missing.stderr

@@ -9,13 +9,14 @@ import json
 from pathlib import Path
 
 import av
+import cv2
 import pytest
 
 from curation import manifest as mf
 from curation.config import compose
 from curation.runner import run
 
-from edit_fixtures import build_edit_dataset, judge_answer
+from edit_fixtures import Edit, build_edit_dataset, judge_answer
 from fake_vlm_servers import ok_from_prompt, openai_server
 
 pytestmark = pytest.mark.slow
@@ -28,8 +29,8 @@ def dataset(tmp_path_factory):
     return root, build_edit_dataset(root)
 
 
-def run_pipeline(pipeline: str, root: Path, out: Path, server, *extra: str):
-    cfg = compose([f"pipeline={pipeline}", "models=tiny", f"input={root / 'edits.jsonl'}", f"output={out}",
+def run_pipeline(pipeline: str, root: Path, out: Path, server, *extra: str, listing: str = "edits.jsonl"):
+    cfg = compose([f"pipeline={pipeline}", "models=tiny", f"input={root / listing}", f"output={out}",
                    "vlm=openai", f"vlm.base_url={server.url}", "vlm.model=judge", "vlm.api_key_env=null", "vlm.max_retries=1",
                    "vlm.backoff_initial_s=0.01", f"vlm.cache_dir={out.parent / (out.name + '-cache')}",
                    f"shard.max_frames={MAX_FRAMES}", "progress=false", *extra])
@@ -63,7 +64,8 @@ def test_references_pipeline_turns_edits_into_filtered_quads(dataset, tmp_path, 
     out = tmp_path / "refs"
     with openai_server(default=ok_from_prompt(judge_answer(edits))) as server:
         results = run_pipeline("references", root, out, server)
-    assert [r.name for r in results] == ["ingest", "edit_score", "ground_edit", "reference", "score_reference", "shard"]
+    assert [r.name for r in results] == ["ingest", "edit_score", "ground_edit", "reference", "score_reference", "embed",
+                                         "dedup", "shard"]
 
     ingest = by_name(mf.read_table(str(out / "01-ingest")).to_pylist(), edits)
     assert {n: r["kind"] for n, r in ingest.items()} == {e.name: e.kind for e in edits}
@@ -129,7 +131,7 @@ def test_references_pipeline_turns_edits_into_filtered_quads(dataset, tmp_path, 
     funnel = json.loads((out / "_summary.json").read_text())["_funnel"]
     assert [(f["stage"], f["entered"], f["kept"]) for f in funnel] == [
         ("ingest", 7, 7), ("edit_score", 7, 4), ("ground_edit", 4, 4), ("reference", 4, 4),
-        ("score_reference", 4, 3), ("shard", 3, 3)]
+        ("score_reference", 4, 3), ("embed", 3, 3), ("dedup", 3, 3), ("shard", 3, 3)]
     assert funnel[1]["dropped"] == {"category_excluded": 2, "edit_score_below_threshold": 1}
 
 
@@ -137,13 +139,30 @@ def test_pairs_pipeline_keeps_edits_scoring_six_or_more(dataset, tmp_path, ray_l
     import webdataset as wds
 
     root, edits = dataset
+    # One more edit whose target is the ball edit's target re-saved as a JPEG: a near-duplicate the
+    # judge scores lower (8.9 against 9.5), so dedup keeps the original and names it.
+    again = Edit("ball_again", "pair", "Add a red ball beside the cat.", "add", (20.0, 20.0), size=edits[0].size,
+                 files={"source": "images/ball_src.png", "target": "images/ball_again_tgt.jpg"})
+    ball = cv2.imread(str(root / "images" / "ball_tgt.png"))
+    cv2.imwrite(str(root / "images" / "ball_again_tgt.jpg"), ball, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    with_dup = [*edits, again]
+    lines = (root / "edits.jsonl").read_text() + json.dumps(
+        {"source": again.files["source"], "target": again.files["target"], "instruction": again.instruction, "category": "add"}) + "\n"
+    (root / "edits_with_duplicate.jsonl").write_text(lines)
     out = tmp_path / "pairs"
-    with openai_server(default=ok_from_prompt(judge_answer(edits))) as server:
-        results = run_pipeline("pairs", root, out, server)
-    assert [r.name for r in results] == ["ingest", "edit_score", "shard"]
-    judged = by_name(mf.read_table(str(out / "02-edit_score")).to_pylist(), edits)
-    assert {n for n, r in judged.items() if r["status"] == "ok"} == {"ball", "cup", "backdrop", "sepia", "car_red", "car_bright"}
+    with openai_server(default=ok_from_prompt(judge_answer(with_dup))) as server:
+        results = run_pipeline("pairs", root, out, server, listing="edits_with_duplicate.jsonl")
+    assert [r.name for r in results] == ["ingest", "edit_score", "embed", "dedup", "shard"]
+    judged = by_name(mf.read_table(str(out / "02-edit_score")).to_pylist(), with_dup)
+    assert {n for n, r in judged.items() if r["status"] == "ok"} == {"ball", "ball_again", "cup", "backdrop", "sepia",
+                                                                     "car_red", "car_bright"}
     assert judged["unchanged"]["reason"].startswith("edit_score_below_threshold: 3.16 (keep >= 6)")
+    deduped = by_name(mf.read_table(str(out / "04-dedup")).to_pylist(), with_dup)
+    assert {n for n, r in deduped.items() if r["status"] == "dropped"} == {"ball_again"}
+    assert deduped["ball_again"]["duplicate_of"] == deduped["ball"]["sample_id"]
+    assert deduped["ball_again"]["reason"].startswith(f"near_duplicate: its group keeps {deduped['ball']['sample_id']} (cosine ")
+    assert deduped["ball_again"]["content_hash"] != deduped["ball"]["content_hash"]  # lossy copy: found by similarity
+    assert deduped["ball_again"]["duplicate_similarity"] >= 0.88
     samples = [s for urls in shard_urls(out) for s in wds.WebDataset(urls, shardshuffle=False)]
     kinds = sorted(json.loads(s["json"])["kind"] for s in samples)
     assert kinds == ["pair"] * 4 + ["triplet"] * 2

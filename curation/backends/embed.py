@@ -69,8 +69,8 @@ class EmbedConfig(BaseModel):
         return PHASH_THRESHOLD if self.backend == "phash" else CLIP_THRESHOLD
 
 
-# Cosine at or above which two images are near-duplicates. CLIP: DESIGN.md's 0.95 (SemDeDup's
-# epsilon = 1 - cosine of 0.05); docs/dedup.md says how to choose it for a dataset.
+# Cosine at or above which two images are near-duplicates. CLIP: DESIGN.md's 0.95 (in SemDeDup's terms,
+# epsilon = 1 - cosine = 0.05); docs/dedup.md says how to choose it for a dataset.
 CLIP_THRESHOLD = 0.95
 # phash: pHash's usual <= 10 of 64 differing bits, as a cosine (see PerceptualEmbedder).
 PHASH_THRESHOLD = 0.88
