@@ -46,7 +46,7 @@ RANSAC_REPROJ_PX = 1.5  # at the 180-px short side
 class CameraMotionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="classify the camera's motion from a homography between frames (never drops; fills camera_motion)")
     static_rate: float = Field(
         0.02, ge=0,
         description="the camera is static when its dominant motion moves the frame edge by less than this fraction "

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 class LuminanceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="drop frames too dark or too bright by their mean luma")
     min_luma: float = Field(
         12.0, ge=0, le=255,
         description="drop below this mean BT.601 luma (0-255): PySceneDetect's detect-threshold default, the same "
@@ -46,7 +46,7 @@ class LuminanceConfig(BaseModel):
 class BlurConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="drop blurry clips by the variance of the Laplacian")
     min_laplacian_var: float = Field(
         15.0, ge=0,
         description="drop below this variance of the 3x3 Laplacian of luma at the working size (short side 360), "

@@ -24,7 +24,7 @@ FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, po
 class MotionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="drop static and near-static clips by Farneback optical-flow magnitude")
     min_px_per_s: float = Field(
         2.0, ge=0,
         description="drop below this mean flow (pixels per second at a 180-px short side, 8 sampled frames). "

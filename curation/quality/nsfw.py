@@ -34,7 +34,7 @@ NUDENET_INSTALL_NOTE = (
 class NsfwConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="score exposed-body classes with NudeNet (needs nudenet) and drop above max_score")
     max_score: float = Field(
         0.6, ge=0, le=1,
         description="drop when any explicit class scores above this in any frame: the nudity test in PUND's "
