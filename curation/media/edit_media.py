@@ -125,9 +125,14 @@ def read_edit_frames(
     frames = {}
     for side, uri in (("source", source_uri), ("target", target_uri)):
         with _side(side):
-            _video_header(uri, max_pixels)
-            frames[side] = read_frames(uri, indices)
+            frames[side] = read_video_frames(uri, indices, max_pixels)
     return list(zip(frames["source"], frames["target"]))
+
+
+def read_video_frames(uri: str, indices: Sequence[int], max_pixels: int) -> list[np.ndarray]:
+    """Frames of a video at decode-order `indices`, after the image-bomb check on its header."""
+    _video_header(uri, max_pixels)
+    return read_frames(uri, indices)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from curation.media.decode import read_frames
-from curation.media.edit_media import load_image
+from curation.media.edit_media import load_image, read_video_frames
 from curation.media.jpeg import decode_image
 from curation.media.timing import clip_span
 from curation.stage import StageError
@@ -56,7 +56,8 @@ def representative_image(row: dict[str, Any], choice: MediaChoice, max_pixels: i
         if not uri:
             raise StageError(f"no_media: no {what}_uri")
         if row.get("kind") in _VIDEO_KINDS:
-            return what, _first_frame(uri)
+            (frame,) = read_video_frames(uri, [0], max_pixels)
+            return what, frame
         return what, load_image(uri, max_pixels)
     return what, _middle_frame(row)
 
@@ -67,11 +68,6 @@ def pixel_hash(image: np.ndarray) -> str:
     h = hashlib.sha1(repr(image.shape).encode())
     h.update(np.ascontiguousarray(image).data)
     return h.hexdigest()
-
-
-def _first_frame(uri: str) -> np.ndarray:
-    (frame,) = read_frames(uri, [0])
-    return frame
 
 
 def _middle_frame(row: dict[str, Any]) -> np.ndarray:
