@@ -185,6 +185,21 @@ def show(
         frontier = next_frontier
 
 
+def _train_help() -> str:
+    from curation.train.cli import TRAIN_HELP
+
+    return TRAIN_HELP
+
+
+@app.command(help=_train_help(), context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides", show_default=False)) -> None:
+    from curation.train.cli import main as train_main
+
+    code = train_main(overrides or [])
+    if code:
+        raise typer.Exit(code)
+
+
 def _history(run_dir: str, dirs: list[str], sample_id: str) -> str:
     """Every stage a sample went through with its status there, e.g. `02-scene_split ok -> 03-filter_quality dropped`."""
     return " -> ".join(f"{d} {status}" for d, status in _statuses(run_dir, dirs, sample_id))

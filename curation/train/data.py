@@ -1,0 +1,430 @@
+"""Streaming training batches from WebDataset shards, with a position a checkpoint can resume from.
+
+The stream a DataLoader worker produces is a pure function of (seed, epoch, its slot): shards are
+shuffled per epoch with the seed, split across ranks and workers, read with `webdataset`, passed
+through a seeded shuffle buffer, then decoded and resized to aspect buckets. So a position is small:
+per stream, the epoch, how many raw samples it has taken from the shuffle buffer, and the keys of
+the decoded examples still waiting in unfilled buckets. Resuming replays the raw (undecoded)
+stream up to that count, decodes only the waiting examples, and continues exactly where it stopped.
+
+Kinds are mixed per batch by ratio (InstructX 0.6 video / 0.4 image; Kiwi-Edit stage 3
+image : video : reference = 2 : 1 : 1): each batch is drawn from one group, so its shapes agree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import zlib
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from curation.train import media
+
+log = logging.getLogger(__name__)
+
+# Which mixing group a shard `kind` feeds: images (pairs, session turns), videos (triplets) and
+# reference-conditioned edits (quads, image or video).
+KIND_GROUPS = {"pair": "image", "session": "image", "triplet": "video", "quad": "reference"}
+GROUPS = ("image", "video", "reference")
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    shards: str = Field(description="a shards dir (every *.tar under it), a .tar, a brace pattern "
+                                    "(train-{000000..000009}.tar) or comma-separated URLs")
+    resolution: int = Field(256, ge=16, description="bucket side: each bucket holds about resolution² pixels")
+    aspects: list[float] = Field([1.0, 4 / 3, 3 / 4, 16 / 9, 9 / 16], description="bucket aspect ratios (W/H)")
+    size_multiple: int = Field(16, gt=0, description="bucket sides are multiples of this (VAE factor × patch size)")
+    max_frames: int = Field(81, gt=0, description="videos are cut to at most this many frames")
+    frame_counts: list[int] = Field([1, 5, 9, 17, 33, 49, 65, 81], description="allowed clip lengths: a video "
+                                    "takes the longest one that fits (4k+1 suits causal video VAEs)")
+    frame_stride: int = Field(1, gt=0, description="take every n-th frame of a video")
+    max_context: int = Field(3, ge=0, description="session turns: earlier frames given as reference tokens, at most")
+    mix: dict[str, float] = Field({"image": 2.0, "video": 1.0, "reference": 1.0},
+                                  description="batch ratio per group (normalised; a group without shards is left out)")
+    batch_size: int = Field(4, gt=0, description="examples per batch (per rank)")
+    shuffle_buffer: int = Field(256, ge=1, description="raw samples held for shuffling (1 = none)")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes (0 = decode in the training process)")
+    random_crop: bool = Field(True, description="random crop window inside the bucket (false: centre)")
+    seed: int = Field(0, description="shard order, shuffle buffer, crops and mixing derive from it")
+
+    @field_validator("mix")
+    @classmethod
+    def _known_groups(cls, mix: dict[str, float]) -> dict[str, float]:
+        unknown = set(mix) - set(GROUPS)
+        if unknown or any(v < 0 for v in mix.values()) or not any(v > 0 for v in mix.values()):
+            raise ValueError(f"mix needs non-negative weights for {GROUPS}, one positive; got {mix}")
+        return mix
+
+
+# ---- shard lists ----------------------------------------------------------------------------
+
+def list_shards(spec: str) -> list[str]:
+    """Shard URLs from a directory, a tar, a brace pattern or a comma-separated list."""
+    import webdataset as wds
+
+    urls: list[str] = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        path = Path(item)
+        if "://" not in item and path.is_dir():
+            urls.extend(str(p) for p in sorted(path.rglob("*.tar")))
+        else:
+            urls.extend(wds.shardlists.expand_urls(item))
+    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
+    if not urls or missing:
+        raise FileNotFoundError(f"no shards at {spec!r}" + (f" (missing: {missing[:3]})" if missing else ""))
+    return urls
+
+
+def shard_groups(url: str) -> set[str]:
+    """Groups a shard holds, from the `<shard>.stats.json` our shard stage writes beside it; all
+    groups when there is none (the stream then filters sample by sample)."""
+    stats = Path(url[: -len(".tar")] + ".stats.json") if url.endswith(".tar") else None
+    if stats is None or "://" in url or not stats.is_file():
+        return set(GROUPS)
+    return {KIND_GROUPS[k] for k in json.loads(stats.read_text()).get("by_kind", {}) if k in KIND_GROUPS}
+
+
+def _seed(*parts: Any) -> int:
+    return zlib.crc32(":".join(map(str, parts)).encode())
+
+
+# ---- examples -------------------------------------------------------------------------------
+
+@dataclass
+class Example:
+    """One training example: frames (T, H, W, C) uint8 at the bucket size."""
+
+    key: str  # "<sample key>#<turn>"
+    group: str
+    source: np.ndarray
+    target: np.ndarray
+    reference: np.ndarray  # (R, H, W, C), R = 0 without references
+    instruction: str
+
+    @property
+    def batch_key(self) -> tuple[Any, ...]:
+        return (self.group, *self.target.shape, self.reference.shape[0])
+
+
+def sample_kind(sample: dict[str, Any]) -> str:
+    if "json" in sample:
+        return json.loads(sample["json"])["kind"]
+    if "ref.png" in sample:
+        return "quad"
+    if "src.mp4" in sample:
+        return "triplet"
+    if "src.jpg" in sample:
+        return "pair"
+    return "session"
+
+
+class ExampleMaker:
+    """Raw shard sample -> Examples, by kind. Random choices (crop window, clip start) are seeded
+    by (seed, epoch, key), so replaying a stream rebuilds the very same examples."""
+
+    def __init__(self, config: DataConfig):
+        self.config = config
+
+    def __call__(self, sample: dict[str, Any], epoch: int) -> list[Example]:
+        kind = sample_kind(sample)
+        rng = random.Random(_seed(self.config.seed, epoch, sample["__key__"]))
+        if kind == "session":
+            return self._session(sample, rng)
+        return [self._edit(sample, kind, rng)]
+
+    def _bucket(self, width: int, height: int) -> media.Bucket:
+        c = self.config
+        return media.pick_bucket(width, height, c.resolution, c.aspects, c.size_multiple)
+
+    def _position(self, rng: random.Random) -> tuple[float, float]:
+        return (rng.random(), rng.random()) if self.config.random_crop else (0.5, 0.5)
+
+    def _image(self, data: bytes, bucket: media.Bucket, position: tuple[float, float]) -> np.ndarray:
+        width, height = media.image_size(data)
+        return media.crop(media.decode_image(data, media.cover_size(width, height, bucket)), bucket, position)
+
+    def _session(self, sample: dict[str, Any], rng: random.Random) -> list[Example]:
+        frame_keys = sorted((k for k in sample if k.startswith("frame_") and k.endswith(".jpg")),
+                            key=lambda k: int(k[len("frame_"):-len(".jpg")]))
+        if len(frame_keys) < 2:
+            raise ValueError(f"session has {len(frame_keys)} frames; a turn needs 2")
+        if "turns.json" in sample:
+            instructions = {t["index"]: t.get("instruction") for t in json.loads(sample["turns.json"])}
+        else:  # unannotated sessions: the txt member's lines, one per turn
+            lines = sample.get("txt", b"").decode().splitlines()
+            instructions = dict(enumerate(lines))
+        bucket = self._bucket(*media.image_size(sample[frame_keys[0]]))
+        position = self._position(rng)
+        frames = [self._image(sample[k], bucket, position) for k in frame_keys]  # each (1, H, W, C)
+        examples = []
+        for k in range(len(frames) - 1):
+            if not instructions.get(k):
+                continue  # a turn the VLM could not annotate carries no instruction to learn from
+            context = frames[max(0, k - self.config.max_context):k]
+            reference = np.concatenate(context) if context else np.zeros((0, *frames[k].shape[1:]), np.uint8)
+            examples.append(Example(f"{sample['__key__']}#{k}", "image", frames[k], frames[k + 1], reference,
+                                    instructions[k]))
+        if not examples:
+            raise ValueError("session has no annotated turn")
+        return examples
+
+    def _edit(self, sample: dict[str, Any], kind: str, rng: random.Random) -> Example:
+        instruction = sample.get("txt", b"").decode()
+        position = self._position(rng)
+        if "tgt.mp4" in sample:
+            source, target = self._clip_pair(sample["src.mp4"], sample["tgt.mp4"], rng, position)
+        elif "tgt.jpg" in sample:
+            bucket = self._bucket(*media.image_size(sample["tgt.jpg"]))
+            source, target = (self._image(sample[f"{side}.jpg"], bucket, position) for side in ("src", "tgt"))
+        else:
+            raise ValueError(f"{kind} sample has neither tgt.jpg nor tgt.mp4 (members: {sorted(sample)})")
+        if kind == "quad":
+            if "ref.png" not in sample:
+                raise ValueError("quad sample has no ref.png")
+            bucket = media.Bucket(target.shape[2], target.shape[1])
+            reference = media.letterbox(media.decode_image(sample["ref.png"]), bucket)
+        else:
+            reference = np.zeros((0, *target.shape[1:]), np.uint8)
+        return Example(f"{sample['__key__']}#0", KIND_GROUPS[kind], source, target, reference, instruction)
+
+    def _clip_pair(self, src: bytes, tgt: bytes, rng: random.Random,
+                   position: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+        c = self.config
+        (src_n, src_w, src_h), (tgt_n, tgt_w, tgt_h) = media.video_info(src), media.video_info(tgt)
+        span = min(src_n, tgt_n, (c.max_frames - 1) * c.frame_stride + 1)
+        fitting = [n for n in c.frame_counts if n <= c.max_frames and (n - 1) * c.frame_stride + 1 <= span]
+        if not fitting:
+            raise ValueError(f"clip of {min(src_n, tgt_n)} frames fits none of frame_counts {c.frame_counts}")
+        count = max(fitting)
+        start = rng.randrange(span - (count - 1) * c.frame_stride)
+        indices = [start + i * c.frame_stride for i in range(count)]
+        bucket = self._bucket(tgt_w, tgt_h)
+        clips = [media.crop(media.decode_video(data, indices, media.cover_size(w, h, bucket)), bucket, position)
+                 for data, w, h in ((src, src_w, src_h), (tgt, tgt_w, tgt_h))]
+        return clips[0], clips[1]
+
+
+# ---- one group's stream ---------------------------------------------------------------------
+
+class GroupStream:
+    """Batches of one group for one slot (rank × worker), resumable from `state()`."""
+
+    def __init__(self, group: str, urls: list[str], filter_group: bool, config: DataConfig, slot: int,
+                 num_slots: int, state: dict[str, Any] | None = None):
+        self.group, self.urls, self.filter_group = group, urls, filter_group
+        self.config, self.slot, self.num_slots = config, slot, num_slots
+        self.make = ExampleMaker(config)
+        self.skipped: Counter[str] = Counter()
+        self.pending: dict[tuple[Any, ...], list[Example]] = {}
+        self.ready: deque[list[Example]] = deque()
+        state = state or {"epoch": 0, "consumed": 0, "pending": [], "ready": [], "skipped": {}}
+        self.epoch, self.consumed = state["epoch"], 0
+        self.skipped.update(state["skipped"])
+        self._raw = self._raw_stream(self.epoch)
+        self._restore(state)
+
+    def state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "consumed": self.consumed,
+                "pending": [[e.key for e in bucket] for bucket in self.pending.values() if bucket],
+                "ready": [[e.key for e in batch] for batch in self.ready], "skipped": dict(self.skipped)}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Replay the raw stream to `consumed`, decoding only the examples still waiting."""
+        waiting = {key for keys in state["pending"] + state["ready"] for key in keys}
+        waiting_samples = {key.rsplit("#", 1)[0] for key in waiting}
+        found: dict[str, Example] = {}
+        for _ in range(state["consumed"]):
+            sample = next(self._raw)
+            if sample["__key__"] in waiting_samples:
+                found.update((e.key, e) for e in self.make(sample, self.epoch) if e.key in waiting)
+        if set(found) != waiting:
+            raise RuntimeError(f"cannot resume the data stream: {len(waiting - set(found))} waiting examples are no "
+                               "longer in the shards (were they rewritten?)")
+        self.ready.extend([found[k] for k in keys] for keys in state["ready"])
+        for keys in state["pending"]:
+            bucket = [found[k] for k in keys]
+            self.pending[bucket[0].batch_key] = bucket
+
+    def _raw_stream(self, epoch: int) -> Iterator[dict[str, Any]]:
+        """This slot's undecoded samples of one epoch, shuffled; counts what it hands out."""
+        import webdataset as wds
+
+        c = self.config
+        order = list(self.urls)
+        random.Random(_seed(c.seed, "shards", epoch)).shuffle(order)  # the same on every rank and worker
+        by_shard = len(order) >= self.num_slots
+        mine = order[self.slot::self.num_slots] if by_shard else order
+
+        def counted(exn: Exception) -> bool:
+            self.skipped["read_error"] += 1
+            log.warning("skipping unreadable shard data: %s", exn)
+            return True
+
+        def samples() -> Iterator[dict[str, Any]]:
+            for i, sample in enumerate(wds.tarfile_samples([{"url": u} for u in mine], handler=counted)):
+                if not by_shard and i % self.num_slots != self.slot:
+                    continue  # fewer shards than slots: split sample by sample instead
+                if self.filter_group and KIND_GROUPS.get(self._kind(sample)) != self.group:
+                    continue
+                yield sample
+
+        rng = random.Random(_seed(c.seed, "buffer", epoch, self.slot, self.group))
+        buffer: list[dict[str, Any]] = []
+        for sample in samples():
+            if len(buffer) < c.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            j = rng.randrange(len(buffer))
+            buffer[j], sample = sample, buffer[j]
+            self.consumed += 1
+            yield sample
+        rng.shuffle(buffer)
+        for sample in buffer:
+            self.consumed += 1
+            yield sample
+
+    def _kind(self, sample: dict[str, Any]) -> str:
+        try:
+            return sample_kind(sample)
+        except (ValueError, KeyError):
+            return "unknown"
+
+    def next_batch(self) -> list[Example]:
+        barren_epochs = 0  # epochs in a row that gave no example: the stream would spin forever
+        made_this_epoch = self.consumed > 0
+        while not self.ready:
+            try:
+                sample = next(self._raw)
+            except StopIteration:
+                barren_epochs = 0 if made_this_epoch else barren_epochs + 1
+                if barren_epochs >= 2:
+                    raise RuntimeError(f"no decodable {self.group} samples for slot {self.slot} of {self.num_slots} "
+                                       f"in two epochs (skipped so far: {dict(self.skipped)})") from None
+                self.epoch, self.consumed, made_this_epoch = self.epoch + 1, 0, False
+                self._raw = self._raw_stream(self.epoch)
+                continue
+            try:
+                examples = self.make(sample, self.epoch)
+            except Exception as e:  # noqa: BLE001 - a bad sample is skipped and counted, never a crash
+                self.skipped["decode_error"] += 1
+                log.warning("skipping sample %s: %s: %s", sample.get("__key__"), type(e).__name__, e)
+                continue
+            made_this_epoch = True
+            for example in examples:
+                bucket = self.pending.setdefault(example.batch_key, [])
+                bucket.append(example)
+                if len(bucket) == self.config.batch_size:
+                    self.ready.append(self.pending.pop(example.batch_key))
+        return self.ready.popleft()
+
+
+# ---- the dataset a DataLoader iterates ------------------------------------------------------
+
+def collate(examples: list[Example]) -> dict[str, Any]:
+    """Examples of one shape -> uint8 tensors (N, C, T, H, W); float conversion happens on the
+    training device, so workers ship a quarter of the bytes."""
+    def stack(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([getattr(e, name) for e in examples])).permute(0, 4, 1, 2, 3)
+
+    return {"source": stack("source"), "target": stack("target"), "reference": stack("reference"),
+            "instruction": [e.instruction for e in examples], "keys": [e.key for e in examples],
+            "group": examples[0].group}
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Endless batches for one rank. Each DataLoader worker runs one logical stream; `offset`
+    rotates which stream a worker runs so a resumed DataLoader's round-robin continues in order."""
+
+    def __init__(self, config: DataConfig, rank: int = 0, world_size: int = 1,
+                 streams: dict[int, dict[str, Any]] | None = None, offset: int = 0):
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.streams, self.offset = streams or {}, offset
+        self.urls = list_shards(config.shards)
+        self.groups = {url: shard_groups(url) for url in self.urls}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        workers = info.num_workers if info else 1
+        stream_id = ((info.id if info else 0) + self.offset) % workers
+        slot, num_slots = self.rank * workers + stream_id, self.world_size * workers
+        saved = self.streams.get(stream_id) or {"draws": 0, "groups": {}}
+        weights = {g: w for g, w in self.config.mix.items() if w > 0 and any(g in gs for gs in self.groups.values())}
+        if not weights:
+            raise RuntimeError(f"no shards hold the groups the mix asks for ({self.config.mix})")
+        streams = {g: GroupStream(g, [u for u in self.urls if g in self.groups[u]],
+                                  any(self.groups[u] != {g} for u in self.urls if g in self.groups[u]),
+                                  self.config, slot, num_slots, saved["groups"].get(g))
+                   for g in weights}
+        mixer = MixDraws(weights, _seed(self.config.seed, "mix", slot), saved["draws"])
+        while True:
+            group = mixer.draw()
+            batch = collate(streams[group].next_batch())
+            batch["position"] = {"stream": stream_id, "state": {
+                "draws": mixer.draws, "groups": {g: s.state() for g, s in streams.items()}}}
+            yield batch
+
+
+class MixDraws:
+    """Seeded weighted choice of a group per batch; its state is the number of draws made."""
+
+    def __init__(self, weights: dict[str, float], seed: int, draws: int = 0):
+        self.names = list(weights)
+        total = sum(weights.values())
+        self.cumulative = np.cumsum([weights[n] / total for n in self.names])
+        self.rng = random.Random(seed)
+        self.draws = 0
+        for _ in range(draws):
+            self.draw()
+
+    def draw(self) -> str:
+        self.draws += 1
+        index = int(np.searchsorted(self.cumulative, self.rng.random(), side="right"))
+        return self.names[min(index, len(self.names) - 1)]
+
+
+class LoaderPosition:
+    """The trainer's view of where the stream is: batches consumed and each stream's state after
+    its last consumed batch (prefetched batches do not count). Goes into the checkpoint."""
+
+    def __init__(self, num_workers: int, state: dict[str, Any] | None = None):
+        self.num_streams = max(1, num_workers)
+        state = state or {"num_streams": self.num_streams, "batches": 0, "streams": {}, "skipped": {}}
+        if state["num_streams"] != self.num_streams:
+            raise ValueError(f"the checkpoint's loader ran {state['num_streams']} workers; resume with "
+                             f"data.num_workers={state['num_streams'] if state['num_streams'] > 1 else 0}")
+        self.batches = state["batches"]
+        self.streams = {int(k): v for k, v in state["streams"].items()}
+
+    def consumed(self, batch: dict[str, Any]) -> None:
+        self.batches += 1
+        self.streams[batch["position"]["stream"]] = batch["position"]["state"]
+
+    def skipped(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for stream in self.streams.values():
+            for group in stream["groups"].values():
+                total.update(group["skipped"])
+        return dict(total)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_streams": self.num_streams, "batches": self.batches, "streams": self.streams}
+
+
+def build_loader(config: DataConfig, rank: int = 0, world_size: int = 1,
+                 position: LoaderPosition | None = None) -> tuple[torch.utils.data.DataLoader, LoaderPosition]:
+    """A DataLoader continuing from `position` (a fresh one when None), and the position to update."""
+    position = position or LoaderPosition(config.num_workers)
+    dataset = ShardStream(config, rank, world_size, position.streams, offset=position.batches % position.num_streams)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=config.num_workers,
+                                         persistent_workers=False, prefetch_factor=2 if config.num_workers else None)
+    return loader, position
