@@ -216,6 +216,9 @@ class ExampleMaker:
 
 # ---- one group's stream ---------------------------------------------------------------------
 
+class EmptyGroup(Exception):
+    """A slot's shards hold no sample of a group (shards without stats, or a sample-split slot)."""
+
 class GroupStream:
     """Batches of one group for one slot (rank × worker), resumable from `state()`."""
 
@@ -300,12 +303,15 @@ class GroupStream:
             return "unknown"
 
     def next_batch(self) -> list[Example]:
+        """The next full batch; raises `EmptyGroup` when an epoch holds no sample of this group."""
         barren_epochs = 0  # epochs in a row that gave no example: the stream would spin forever
         made_this_epoch = self.consumed > 0
         while not self.ready:
             try:
                 sample = next(self._raw)
             except StopIteration:
+                if self.consumed == 0:
+                    raise EmptyGroup(self.group) from None
                 barren_epochs = 0 if made_this_epoch else barren_epochs + 1
                 if barren_epochs >= 2:
                     raise RuntimeError(f"no decodable {self.group} samples for slot {self.slot} of {self.num_slots} "
@@ -366,11 +372,21 @@ class ShardStream(torch.utils.data.IterableDataset):
                                   self.config, slot, num_slots, saved["groups"].get(g))
                    for g in weights}
         mixer = MixDraws(weights, _seed(self.config.seed, "mix", slot), saved["draws"])
+        empty = set(saved.get("empty", []))
         while True:
             group = mixer.draw()
-            batch = collate(streams[group].next_batch())
+            if group in empty:
+                continue  # redrawn: the mix renormalises over the groups this slot has
+            try:
+                batch = collate(streams[group].next_batch())
+            except EmptyGroup:
+                log.warning("slot %d of %d has no %s samples; mixing the other groups", slot, num_slots, group)
+                empty.add(group)
+                if empty == set(weights):
+                    raise RuntimeError(f"slot {slot} of {num_slots} found no samples of any group in {self.config.shards}")
+                continue
             batch["position"] = {"stream": stream_id, "state": {
-                "draws": mixer.draws, "groups": {g: s.state() for g, s in streams.items()}}}
+                "draws": mixer.draws, "empty": sorted(empty), "groups": {g: s.state() for g, s in streams.items()}}}
             yield batch
 
 
