@@ -110,6 +110,7 @@ class Example:
     target: np.ndarray
     reference: np.ndarray  # (R, H, W, C), R = 0 without references
     instruction: str
+    epoch: int = 0  # the stream epoch that made it (a bucket may carry it over into the next)
 
     @property
     def batch_key(self) -> tuple[Any, ...]:
@@ -138,9 +139,10 @@ class ExampleMaker:
     def __call__(self, sample: dict[str, Any], epoch: int) -> list[Example]:
         kind = sample_kind(sample)
         rng = random.Random(_seed(self.config.seed, epoch, sample["__key__"]))
-        if kind == "session":
-            return self._session(sample, rng)
-        return [self._edit(sample, kind, rng)]
+        examples = self._session(sample, rng) if kind == "session" else [self._edit(sample, kind, rng)]
+        for example in examples:
+            example.epoch = epoch
+        return examples
 
     def _bucket(self, width: int, height: int) -> media.Bucket:
         c = self.config
@@ -238,27 +240,35 @@ class GroupStream:
 
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "consumed": self.consumed,
-                "pending": [[e.key for e in bucket] for bucket in self.pending.values() if bucket],
-                "ready": [[e.key for e in batch] for batch in self.ready], "skipped": dict(self.skipped)}
+                "pending": [[[e.epoch, e.key] for e in bucket] for bucket in self.pending.values() if bucket],
+                "ready": [[[e.epoch, e.key] for e in batch] for batch in self.ready], "skipped": dict(self.skipped)}
 
     def _restore(self, state: dict[str, Any]) -> None:
-        """Replay the raw stream to `consumed`, decoding only the examples still waiting."""
-        waiting = {key for keys in state["pending"] + state["ready"] for key in keys}
-        waiting_samples = {key.rsplit("#", 1)[0] for key in waiting}
-        found: dict[str, Example] = {}
+        """Replay the raw stream to `consumed`, decoding only the examples still waiting. Examples
+        a bucket carried over from an earlier epoch are found by replaying that epoch (rare: only
+        buckets that were not filled when the epoch ended)."""
+        waiting = {(epoch, key) for batch in state["pending"] + state["ready"] for epoch, key in batch}
+        needed = {(epoch, key.rsplit("#", 1)[0]) for epoch, key in waiting}
+        found: dict[tuple[int, str], Example] = {}
+
+        def collect(sample: dict[str, Any], epoch: int) -> None:
+            if (epoch, sample["__key__"]) in needed:
+                found.update(((epoch, e.key), e) for e in self.make(sample, epoch) if (epoch, e.key) in waiting)
+
+        for epoch in sorted({e for e, _ in waiting if e < self.epoch}):
+            for sample in self._raw_stream(epoch, counting=False):
+                collect(sample, epoch)
         for _ in range(state["consumed"]):
-            sample = next(self._raw)
-            if sample["__key__"] in waiting_samples:
-                found.update((e.key, e) for e in self.make(sample, self.epoch) if e.key in waiting)
+            collect(next(self._raw), self.epoch)
         if set(found) != waiting:
             raise RuntimeError(f"cannot resume the data stream: {len(waiting - set(found))} waiting examples are no "
                                "longer in the shards (were they rewritten?)")
-        self.ready.extend([found[k] for k in keys] for keys in state["ready"])
-        for keys in state["pending"]:
-            bucket = [found[k] for k in keys]
+        self.ready.extend([found[tuple(w)] for w in batch] for batch in state["ready"])
+        for batch in state["pending"]:
+            bucket = [found[tuple(w)] for w in batch]
             self.pending[bucket[0].batch_key] = bucket
 
-    def _raw_stream(self, epoch: int) -> Iterator[dict[str, Any]]:
+    def _raw_stream(self, epoch: int, counting: bool = True) -> Iterator[dict[str, Any]]:
         """This slot's undecoded samples of one epoch, shuffled; counts what it hands out."""
         import webdataset as wds
 
@@ -289,11 +299,11 @@ class GroupStream:
                 continue
             j = rng.randrange(len(buffer))
             buffer[j], sample = sample, buffer[j]
-            self.consumed += 1
+            self.consumed += counting
             yield sample
         rng.shuffle(buffer)
         for sample in buffer:
-            self.consumed += 1
+            self.consumed += counting
             yield sample
 
     def _kind(self, sample: dict[str, Any]) -> str:
