@@ -96,6 +96,7 @@ def raw_rate(out: Path, passes: int = 3) -> float:
 
 def loader_rate(out: Path, workers: int, args: argparse.Namespace) -> tuple[float, dict[str, int]]:
     config = DataConfig(shards=str(out), resolution=args.resolution, batch_size=args.batch_size, num_workers=workers,
+                        mix={"image": 2.0, "video": 1.0, "reference": 0.0},
                         shuffle_buffer=64, max_frames=args.clip_frames)
     loader, _ = build_loader(config)
     batches = iter(loader)

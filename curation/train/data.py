@@ -202,17 +202,17 @@ class ExampleMaker:
     def _clip_pair(self, src: bytes, tgt: bytes, rng: random.Random,
                    position: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
         c = self.config
-        (src_n, src_w, src_h), (tgt_n, tgt_w, tgt_h) = media.video_info(src), media.video_info(tgt)
-        span = min(src_n, tgt_n, (c.max_frames - 1) * c.frame_stride + 1)
-        fitting = [n for n in c.frame_counts if n <= c.max_frames and (n - 1) * c.frame_stride + 1 <= span]
-        if not fitting:
-            raise ValueError(f"clip of {min(src_n, tgt_n)} frames fits none of frame_counts {c.frame_counts}")
-        count = max(fitting)
-        start = rng.randrange(span - (count - 1) * c.frame_stride)
-        indices = [start + i * c.frame_stride for i in range(count)]
-        bucket = self._bucket(tgt_w, tgt_h)
-        clips = [media.crop(media.decode_video(data, indices, media.cover_size(w, h, bucket)), bucket, position)
-                 for data, w, h in ((src, src_w, src_h), (tgt, tgt_w, tgt_h))]
+        with media.VideoClip(src) as source, media.VideoClip(tgt) as target:
+            span = min(source.frames, target.frames, (c.max_frames - 1) * c.frame_stride + 1)
+            fitting = [n for n in c.frame_counts if n <= c.max_frames and (n - 1) * c.frame_stride + 1 <= span]
+            if not fitting:
+                raise ValueError(f"clip of {min(source.frames, target.frames)} frames fits none of frame_counts {c.frame_counts}")
+            count = max(fitting)
+            start = rng.randrange(span - (count - 1) * c.frame_stride)
+            indices = [start + i * c.frame_stride for i in range(count)]
+            bucket = self._bucket(target.width, target.height)
+            clips = [media.crop(clip.read(indices, media.cover_size(clip.width, clip.height, bucket)), bucket, position)
+                     for clip in (source, target)]
         return clips[0], clips[1]
 
 
