@@ -238,7 +238,8 @@ def train(config: TrainConfig) -> list[StepRecord]:
     trainer = Trainer(config, env)
     checkpoint = trainer.output / CHECKPOINT
     if config.resume and checkpoint.is_file():
-        trainer.load_state_dict(torch.load(checkpoint, map_location=env.device, weights_only=False))
+        # On the CPU first: RNG states must stay CPU tensors; load_state_dict moves weights and optimizer state.
+        trainer.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False))
         log.info("resumed from %s at step %d", checkpoint, trainer.step)
     if env.main:
         trainer.output.mkdir(parents=True, exist_ok=True)
