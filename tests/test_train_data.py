@@ -199,3 +199,23 @@ def test_resume_finds_examples_a_bucket_carried_over_from_an_earlier_epoch(shard
         assert [b["keys"] for b in resumed] == [b["keys"] for b in straight[stop:]], stop
         assert all(torch.equal(a["target"], b["target"]) for a, b in zip(straight[stop:], resumed))
     assert carried >= 1
+
+
+def test_a_truncated_tar_is_read_up_to_the_damage_and_counted_once_across_a_resume(shards, tmp_path):
+    """A shard cut mid-member: the samples before the cut train, the damage is one counted read
+    error per pass over the shard, and a resumed stream counts exactly what an uninterrupted one
+    does (replaying does not count again)."""
+    data = next(shards["sessions"].glob("*.tar")).read_bytes()
+    (tmp_path / "cut-000000.tar").write_bytes(data[: len(data) * 2 // 3])
+    cfg = config(str(tmp_path / "cut-000000.tar"), batch_size=1, resolution=32, shuffle_buffer=1,
+                 mix={"image": 1, "video": 0, "reference": 0})
+    straight_loader, straight = build_loader(cfg)
+    keys = [k for b in take(straight_loader, 5, straight) for k in b["keys"]]
+    assert len(set(keys)) == 2  # the two turns of the session before the cut
+    epochs = straight.state_dict()["streams"][0]["groups"]["image"]["epoch"]
+    assert 1 <= straight.skipped()["read_error"] <= epochs + 1
+    loader, position = build_loader(cfg)
+    take(loader, 3, position)
+    resumed = LoaderPosition(0, position.state_dict())
+    take(build_loader(cfg, position=resumed)[0], 2, resumed)
+    assert resumed.skipped() == straight.skipped()

@@ -236,7 +236,9 @@ class GroupStream:
         self.epoch, self.consumed = state["epoch"], 0
         self.skipped.update(state["skipped"])
         self._raw = self._raw_stream(self.epoch)
+        self._replaying = True  # read errors met while replaying were counted when first met
         self._restore(state)
+        self._replaying = False
 
     def state(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "consumed": self.consumed,
@@ -278,13 +280,24 @@ class GroupStream:
         by_shard = len(order) >= self.num_slots
         mine = order[self.slot::self.num_slots] if by_shard else order
 
+        current: dict[str, str] = {}
+        damaged: set[str] = set()  # one count per damaged shard and pass (a cut tar raises at two levels)
+
+        def shard_urls() -> Iterator[dict[str, str]]:
+            for url in mine:
+                current["url"] = url  # pulled lazily: the shard being read when an error comes
+                yield {"url": url}
+
         def counted(exn: Exception) -> bool:
-            self.skipped["read_error"] += 1
-            log.warning("skipping unreadable shard data: %s", exn)
+            url = current.get("url", "")
+            if url not in damaged and not self._replaying:
+                self.skipped["read_error"] += 1
+                log.warning("skipping the rest of unreadable shard %s: %s", url, exn)
+            damaged.add(url)
             return True
 
         def samples() -> Iterator[dict[str, Any]]:
-            for i, sample in enumerate(wds.tarfile_samples([{"url": u} for u in mine], handler=counted)):
+            for i, sample in enumerate(wds.tarfile_samples(shard_urls(), handler=counted)):
                 if not by_shard and i % self.num_slots != self.slot:
                     continue  # fewer shards than slots: split sample by sample instead
                 if self.filter_group and KIND_GROUPS.get(self._kind(sample)) != self.group:
