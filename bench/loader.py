@@ -8,7 +8,7 @@ and sessions of 4 JPEG frames from each video. `--repeat` copies the set under n
 Measured, in the same run:
   raw      - `webdataset.tarfile_samples` over the shards: every member's bytes read, nothing
              decoded. The floor a loader cannot beat; it says how much time decoding adds.
-  loader   - `build_loader` with 0, 1 and 2 DataLoader workers: decode (PIL draft / PyAV scaling),
+  loader   - `build_loader` with 0, 1 and 2 DataLoader workers (then each group alone, 0 workers): decode (PIL draft / PyAV scaling),
              resize to buckets, crop, collate to uint8 tensors; examples/s over `--batches` batches
              after a warm-up batch per worker (a 4-frame session is 3 examples, one per turn; a
              triplet is one example of `--clip-frames` frames).
@@ -94,9 +94,10 @@ def raw_rate(out: Path, passes: int = 3) -> float:
     return best
 
 
-def loader_rate(out: Path, workers: int, args: argparse.Namespace) -> tuple[float, dict[str, int]]:
+def loader_rate(out: Path, workers: int, args: argparse.Namespace,
+                mix: dict[str, float] | None = None) -> tuple[float, dict[str, int]]:
     config = DataConfig(shards=str(out), resolution=args.resolution, batch_size=args.batch_size, num_workers=workers,
-                        mix={"image": 2.0, "video": 1.0, "reference": 0.0},
+                        mix=mix or {"image": 2.0, "video": 1.0, "reference": 0.0},
                         shuffle_buffer=64, max_frames=args.clip_frames)
     loader, _ = build_loader(config)
     batches = iter(loader)
@@ -129,6 +130,10 @@ def main() -> None:
             rate, groups = loader_rate(out, workers, args)
             print(f"loader, {workers} workers:       {rate:8.1f} examples/s  = {rate / raw:.3f} x raw   "
                   f"(res {args.resolution}, batch {args.batch_size}, examples by group {groups})")
+        for group in ("image", "video"):  # where the time goes: each group alone, in-process
+            rate, _ = loader_rate(out, 0, args, {"image": float(group == "image"), "video": float(group == "video"),
+                                                 "reference": 0.0})
+            print(f"  {group} only, 0 workers:     {rate:8.1f} examples/s")
 
 
 if __name__ == "__main__":

@@ -114,3 +114,15 @@ def test_cli_help_and_config_errors(tmp_path):
         compose_train([f"shards={tmp_path}", "data.mix.image=-1"])
     nothing = run(f"shards={tmp_path}", f"output={tmp_path / 'o'}", "steps=1")
     assert nothing.returncode == 2 and "no shards" in nothing.stderr
+
+
+def test_every_train_config_group_file_loads(tmp_path):
+    """Each group file composes into a valid config (lightning-hydra-template's test_configs)."""
+    from curation.train.config import TRAIN_CONFIG_DIR, TRAIN_GROUPS
+
+    for group in TRAIN_GROUPS:
+        for path in sorted((TRAIN_CONFIG_DIR / group).glob("*.yaml")):
+            compose_train([f"shards={tmp_path}", f"{group}={path.stem}"])
+    mix = compose_train([f"shards={tmp_path}", "mix=instructx"]).data.mix
+    assert mix == {"image": 0.4, "video": 0.6, "reference": 0.0}
+    assert compose_train([f"shards={tmp_path}", "model=B"]).model.size == "B"

@@ -13,7 +13,8 @@ TRAIN_HELP = """Train the DiT editor on WebDataset shards from any pipeline. Arg
   torchrun --nproc_per_node=8 -m curation.train shards=... model=B encoder=pretrained
 
 \b
-Groups: model=tiny|S|B, encoder=identity|pretrained. `shards=X` is data.shards=X.
+Groups: model=tiny|S|B, encoder=identity|pretrained, mix=kiwi_stage3|instructx (the papers'
+kind ratios). `shards=X` is data.shards=X.
 Sections: data.* (buckets, frames, mix ratios, workers), flow.* (t sampling, CFG dropout, sampler),
 optim.* (lr, warmup, accumulation, clipping, EMA), encoder.* (VAE, text encoder, latent cache).
 Every key is documented in curation/config/train/train.yaml. Rerunning the same command resumes
