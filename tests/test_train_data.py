@@ -219,3 +219,14 @@ def test_a_truncated_tar_is_read_up_to_the_damage_and_counted_once_across_a_resu
     resumed = LoaderPosition(0, position.state_dict())
     take(build_loader(cfg, position=resumed)[0], 2, resumed)
     assert resumed.skipped() == straight.skipped()
+
+
+def test_uri_shards_open_through_pyarrow_fs_and_stream_the_same_batches(shards):
+    """A `file://` URI takes the pyarrow.fs path that s3:// and gs:// shards take: the directory is
+    listed, stats.json read, the tars streamed; the batches equal those of the plain path."""
+    uri = f"file://{shards['edits']}"
+    assert list_shards(uri) == [f"file://{p}" for p in sorted(shards["edits"].glob("*.tar"))]
+    assert shard_groups(list_shards(uri)[0]) == {"image", "video"}
+    plain, via_uri = (take(build_loader(config(spec, resolution=32))[0], 4) for spec in (str(shards["edits"]), uri))
+    assert [b["keys"] for b in plain] == [b["keys"] for b in via_uri]
+    assert all(torch.equal(a["target"], b["target"]) for a, b in zip(plain, via_uri))

@@ -66,17 +66,45 @@ class DataConfig(BaseModel):
         return mix
 
 
-# ---- shard lists ----------------------------------------------------------------------------
+# ---- shard lists and opening ----------------------------------------------------------------
+
+# URL schemes webdataset's own `gopen` opens (curl, gsutil, pipes, the HF hub); any other scheme
+# (s3://, gs://, hdfs://, file://) is opened through pyarrow.fs, credentials from the environment.
+WDS_SCHEMES = {"http", "https", "sftp", "ftps", "scp", "ais", "htgs", "hf"}
+
+
+def _pyarrow_uri(url: str) -> bool:
+    return "://" in url and url.split("://", 1)[0] not in WDS_SCHEMES
+
+
+def open_shard(url: str) -> Any:
+    """A readable byte stream of one tar."""
+    if _pyarrow_uri(url):
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(url)
+        return fs.open_input_stream(path)
+    import webdataset as wds
+
+    return wds.gopen(url)
+
 
 def list_shards(spec: str) -> list[str]:
-    """Shard URLs from a directory, a tar, a brace pattern or a comma-separated list."""
+    """Shard URLs from a directory (local or a pyarrow URI: every *.tar below it), a tar, a brace
+    pattern or a comma-separated list of them."""
     import webdataset as wds
 
     urls: list[str] = []
     for item in (s.strip() for s in spec.split(",") if s.strip()):
-        path = Path(item)
-        if "://" not in item and path.is_dir():
-            urls.extend(str(p) for p in sorted(path.rglob("*.tar")))
+        if "://" not in item and Path(item).is_dir():
+            urls.extend(str(p) for p in sorted(Path(item).rglob("*.tar")))
+        elif _pyarrow_uri(item) and not item.endswith(".tar") and "{" not in item:
+            import pyarrow.fs as pafs
+
+            fs, path = pafs.FileSystem.from_uri(item)
+            scheme = item.split("://", 1)[0]
+            infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+            urls.extend(sorted(f"{scheme}://{i.path}" for i in infos if i.path.endswith(".tar")))
         else:
             urls.extend(wds.shardlists.expand_urls(item))
     missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
@@ -88,10 +116,15 @@ def list_shards(spec: str) -> list[str]:
 def shard_groups(url: str) -> set[str]:
     """Groups a shard holds, from the `<shard>.stats.json` our shard stage writes beside it; all
     groups when there is none (the stream then filters sample by sample)."""
-    stats = Path(url[: -len(".tar")] + ".stats.json") if url.endswith(".tar") else None
-    if stats is None or "://" in url or not stats.is_file():
+    if not url.endswith(".tar") or not ("://" not in url or _pyarrow_uri(url)):
         return set(GROUPS)
-    return {KIND_GROUPS[k] for k in json.loads(stats.read_text()).get("by_kind", {}) if k in KIND_GROUPS}
+    stats_url = url[: -len(".tar")] + ".stats.json"
+    try:
+        with open_shard(stats_url) as stream:
+            stats = json.loads(stream.read())
+    except (FileNotFoundError, OSError, ValueError):
+        return set(GROUPS)
+    return {KIND_GROUPS[k] for k in stats.get("by_kind", {}) if k in KIND_GROUPS}
 
 
 def _seed(*parts: Any) -> int:
@@ -283,10 +316,18 @@ class GroupStream:
         current: dict[str, str] = {}
         damaged: set[str] = set()  # one count per damaged shard and pass (a cut tar raises at two levels)
 
-        def shard_urls() -> Iterator[dict[str, str]]:
+        def opened_shards() -> Iterator[dict[str, Any]]:
             for url in mine:
                 current["url"] = url  # pulled lazily: the shard being read when an error comes
-                yield {"url": url}
+                try:
+                    stream = open_shard(url)
+                except Exception as e:  # noqa: BLE001 - an unreadable shard is counted, the rest train
+                    counted(e)
+                    continue
+                try:
+                    yield {"url": url, "stream": stream}
+                finally:
+                    stream.close()
 
         def counted(exn: Exception) -> bool:
             url = current.get("url", "")
@@ -297,7 +338,8 @@ class GroupStream:
             return True
 
         def samples() -> Iterator[dict[str, Any]]:
-            for i, sample in enumerate(wds.tarfile_samples(shard_urls(), handler=counted)):
+            files = wds.tariterators.tar_file_expander(opened_shards(), handler=counted)
+            for i, sample in enumerate(wds.tariterators.group_by_keys(files, handler=counted)):
                 if not by_shard and i % self.num_slots != self.slot:
                     continue  # fewer shards than slots: split sample by sample instead
                 if self.filter_group and KIND_GROUPS.get(self._kind(sample)) != self.group:
