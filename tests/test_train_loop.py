@@ -40,7 +40,7 @@ def test_tiny_pixel_model_overfits_a_few_real_samples(shards, tmp_path):
     cfg = compose_train(overrides(shards, tmp_path / "run", "steps=200", "data.batch_size=4", "data.random_crop=false",
                                   "data.mix.video=0", "data.mix.reference=0", "optim.lr=2e-3", "optim.warmup_steps=10",
                                   "seed=1", which=("edits",)))
-    records = train(cfg)
+    records = train(cfg, keep_records=True)
     first = sum(r.loss for r in records[:5]) / 5
     last = sum(r.loss for r in records[-20:]) / 20
     assert first > 0.8 and last < 0.4 * first, (first, last)
@@ -54,9 +54,9 @@ def test_resume_is_exact_in_weights_and_data_order(shards, tmp_path):
     k = 4
     common = ("data.num_workers=2", "optim.grad_accum=2", "optim.warmup_steps=3", "flow.drop_text=0.3",
               "checkpoint_every=1000", "preview_every=3", "preview_count=1")
-    straight = train(compose_train(overrides(shards, tmp_path / "straight", f"steps={2 * k}", *common)))
-    first = train(compose_train(overrides(shards, tmp_path / "resumed", f"steps={k}", *common)))
-    second = train(compose_train(overrides(shards, tmp_path / "resumed", f"steps={2 * k}", *common)))
+    straight = train(compose_train(overrides(shards, tmp_path / "straight", f"steps={2 * k}", *common)), keep_records=True)
+    first = train(compose_train(overrides(shards, tmp_path / "resumed", f"steps={k}", *common)), keep_records=True)
+    second = train(compose_train(overrides(shards, tmp_path / "resumed", f"steps={2 * k}", *common)), keep_records=True)
     assert [r.keys for r in straight] == [r.keys for r in first + second]
     assert len({g for r in straight for g in r.keys}) > 4  # the order compared spans many examples
     assert [r.step for r in second] == list(range(k + 1, 2 * k + 1))
@@ -68,9 +68,9 @@ def test_resume_is_exact_in_weights_and_data_order(shards, tmp_path):
     assert a["step"] == b["step"] == 2 * k and a["ranks"][0]["data"] == b["ranks"][0]["data"]
     assert (tmp_path / "resumed" / "previews" / "step_0000006.png").is_file()
     # a finished run reruns as a no-op; a different worker count is refused with the fix
-    assert train(compose_train(overrides(shards, tmp_path / "resumed", f"steps={2 * k}", *common))) == []
+    assert train(compose_train(overrides(shards, tmp_path / "resumed", f"steps={2 * k}", *common)), keep_records=True) == []
     with pytest.raises(ValueError, match="data.num_workers=2"):
-        train(compose_train(overrides(shards, tmp_path / "resumed", f"steps={3 * k}", *common[1:])))
+        train(compose_train(overrides(shards, tmp_path / "resumed", f"steps={3 * k}", *common[1:])), keep_records=True)
 
 
 def test_torchrun_two_ranks_with_gloo_see_disjoint_samples(shards, tmp_path):
@@ -94,7 +94,7 @@ def test_latent_space_training_with_a_tiny_vae_and_t5(shards, tmp_path):
     records = train(compose_train(overrides(
         shards, tmp_path / "run", "steps=3", "encoder=pretrained", f"encoder.vae={tmp_path / 'vae'}",
         f"encoder.text={tmp_path / 't5'}", "encoder.max_text_tokens=16", "model.patch_size=[1,2,2]",
-        f"encoder.latent_cache={tmp_path / 'latents'}", "preview_every=3")))
+        f"encoder.latent_cache={tmp_path / 'latents'}", "preview_every=3")), keep_records=True)
     assert len(records) == 3 and all(r.loss == r.loss for r in records)
     assert any((tmp_path / "latents").rglob("*.pt"))
     assert (tmp_path / "run" / "previews" / "step_0000003.png").is_file()

@@ -228,9 +228,10 @@ class Trainer:
         return path
 
 
-def train(config: TrainConfig) -> list[StepRecord]:
-    """Train to `config.steps`, resuming from the output's checkpoint when asked; returns this
-    process's step records (loss and the example keys it consumed, for audits and tests)."""
+def train(config: TrainConfig, keep_records: bool = False) -> list[StepRecord]:
+    """Train to `config.steps`, resuming from the output's checkpoint when asked. With
+    `keep_records`, returns this process's step records (loss and the example keys it consumed,
+    for audits and tests); a long run does not hold them otherwise."""
     from tqdm.auto import tqdm
 
     env = setup_distributed(config.device)
@@ -267,7 +268,8 @@ def train(config: TrainConfig) -> list[StepRecord]:
                 position.consumed(batch)
             loss = trainer.train_step(micro)
             keys = [k for batch in micro for k in batch["keys"]]
-            records.append(StepRecord(trainer.step, loss, keys))
+            if keep_records:
+                records.append(StepRecord(trainer.step, loss, keys))
             window_examples += len(keys) * env.world_size
             bar.update(1)
             if keys_log:
