@@ -18,7 +18,7 @@ from curation.train import media
 from curation.train.data import (DataConfig, LoaderPosition, MixDraws, ShardStream, build_loader, list_shards,
                                  shard_groups)
 
-from train_fixtures import build_training_shards, shard_keys
+from train_fixtures import build_training_shards
 
 pytestmark = pytest.mark.slow
 
@@ -121,7 +121,7 @@ def test_the_stream_follows_the_mix_draws(shards):
     cfg = config(spec, batch_size=1, resolution=32, mix={"image": 0.4, "video": 0.3, "reference": 0.3})
     groups = [b["group"] for b in take(build_loader(cfg)[0], 30)]
     stream = ShardStream(cfg)
-    from curation.train.data import _seed
+    from curation.train.examples import seed_of as _seed
 
     mixer = MixDraws({g: w for g, w in cfg.mix.items()}, _seed(cfg.seed, "mix", 0))
     assert groups == [mixer.draw() for _ in range(30)] and stream.groups  # shard groups read from stats.json

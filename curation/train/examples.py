@@ -1,0 +1,146 @@
+"""Raw shard samples -> training examples: decoded, bucketed frames with their instruction.
+
+Only the shard contract (DESIGN.md §5) is assumed: a `json` member naming the kind, `txt`, `src/tgt`
+as `.jpg` or `.mp4`, `ref.png`, and `frame_<i>.jpg` + `turns.json` for sessions.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import zlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from curation.train import media
+
+if TYPE_CHECKING:
+    from curation.train.data import DataConfig
+
+# Which mixing group a shard `kind` feeds: images (pairs, session turns), videos (triplets) and
+# reference-conditioned edits (quads, image or video).
+KIND_GROUPS = {"pair": "image", "session": "image", "triplet": "video", "quad": "reference"}
+GROUPS = ("image", "video", "reference")
+
+
+def seed_of(*parts: Any) -> int:
+    """A stable 32-bit seed from parts (Python's hash() of strings changes per process)."""
+    return zlib.crc32(":".join(map(str, parts)).encode())
+
+
+@dataclass
+class Example:
+    """One training example: frames (T, H, W, C) uint8 at the bucket size."""
+
+    key: str  # "<sample key>#<turn>"
+    group: str
+    source: np.ndarray
+    target: np.ndarray
+    reference: np.ndarray  # (R, H, W, C), R = 0 without references
+    instruction: str
+    epoch: int = 0  # the stream epoch that made it (a bucket may carry it over into the next)
+
+    @property
+    def batch_key(self) -> tuple[Any, ...]:
+        return (self.group, *self.target.shape, self.reference.shape[0])
+
+
+def sample_kind(sample: dict[str, Any]) -> str:
+    if "json" in sample:
+        return json.loads(sample["json"])["kind"]
+    if "ref.png" in sample:
+        return "quad"
+    if "src.mp4" in sample:
+        return "triplet"
+    if "src.jpg" in sample:
+        return "pair"
+    return "session"
+
+
+class ExampleMaker:
+    """Raw shard sample -> Examples, by kind. Random choices (crop window, clip start) are seeded
+    by (seed, epoch, key), so replaying a stream rebuilds the very same examples."""
+
+    def __init__(self, config: "DataConfig"):
+        self.config = config
+
+    def __call__(self, sample: dict[str, Any], epoch: int) -> list[Example]:
+        kind = sample_kind(sample)
+        rng = random.Random(seed_of(self.config.seed, epoch, sample["__key__"]))
+        examples = self._session(sample, rng) if kind == "session" else [self._edit(sample, kind, rng)]
+        for example in examples:
+            example.epoch = epoch
+        return examples
+
+    def _bucket(self, width: int, height: int) -> media.Bucket:
+        c = self.config
+        return media.pick_bucket(width, height, c.resolution, c.aspects, c.size_multiple)
+
+    def _position(self, rng: random.Random) -> tuple[float, float]:
+        return (rng.random(), rng.random()) if self.config.random_crop else (0.5, 0.5)
+
+    def _image(self, data: bytes, bucket: media.Bucket, position: tuple[float, float]) -> np.ndarray:
+        width, height = media.image_size(data)
+        return media.crop(media.decode_image(data, media.cover_size(width, height, bucket)), bucket, position)
+
+    def _session(self, sample: dict[str, Any], rng: random.Random) -> list[Example]:
+        frame_keys = sorted((k for k in sample if k.startswith("frame_") and k.endswith(".jpg")),
+                            key=lambda k: int(k[len("frame_"):-len(".jpg")]))
+        if len(frame_keys) < 2:
+            raise ValueError(f"session has {len(frame_keys)} frames; a turn needs 2")
+        if "turns.json" in sample:
+            instructions = {t["index"]: t.get("instruction") for t in json.loads(sample["turns.json"])}
+        else:  # unannotated sessions: the txt member's lines, one per turn
+            lines = sample.get("txt", b"").decode().splitlines()
+            instructions = dict(enumerate(lines))
+        bucket = self._bucket(*media.image_size(sample[frame_keys[0]]))
+        position = self._position(rng)
+        frames = [self._image(sample[k], bucket, position) for k in frame_keys]  # each (1, H, W, C)
+        examples = []
+        for k in range(len(frames) - 1):
+            if not instructions.get(k):
+                continue  # a turn the VLM could not annotate carries no instruction to learn from
+            context = frames[max(0, k - self.config.max_context):k]
+            reference = np.concatenate(context) if context else np.zeros((0, *frames[k].shape[1:]), np.uint8)
+            examples.append(Example(f"{sample['__key__']}#{k}", "image", frames[k], frames[k + 1], reference,
+                                    instructions[k]))
+        if not examples:
+            raise ValueError("session has no annotated turn")
+        return examples
+
+    def _edit(self, sample: dict[str, Any], kind: str, rng: random.Random) -> Example:
+        instruction = sample.get("txt", b"").decode()
+        position = self._position(rng)
+        if "tgt.mp4" in sample:
+            source, target = self._clip_pair(sample["src.mp4"], sample["tgt.mp4"], rng, position)
+        elif "tgt.jpg" in sample:
+            bucket = self._bucket(*media.image_size(sample["tgt.jpg"]))
+            source, target = (self._image(sample[f"{side}.jpg"], bucket, position) for side in ("src", "tgt"))
+        else:
+            raise ValueError(f"{kind} sample has neither tgt.jpg nor tgt.mp4 (members: {sorted(sample)})")
+        if kind == "quad":
+            if "ref.png" not in sample:
+                raise ValueError("quad sample has no ref.png")
+            bucket = media.Bucket(target.shape[2], target.shape[1])
+            reference = media.letterbox(media.decode_image(sample["ref.png"]), bucket)
+        else:
+            reference = np.zeros((0, *target.shape[1:]), np.uint8)
+        return Example(f"{sample['__key__']}#0", KIND_GROUPS[kind], source, target, reference, instruction)
+
+    def _clip_pair(self, src: bytes, tgt: bytes, rng: random.Random,
+                   position: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+        c = self.config
+        with media.VideoClip(src) as source, media.VideoClip(tgt) as target:
+            span = min(source.frames, target.frames, (c.max_frames - 1) * c.frame_stride + 1)
+            fitting = [n for n in c.frame_counts if n <= c.max_frames and (n - 1) * c.frame_stride + 1 <= span]
+            if not fitting:
+                raise ValueError(f"clip of {min(source.frames, target.frames)} frames fits none of frame_counts {c.frame_counts}")
+            count = max(fitting)
+            start = rng.randrange(span - (count - 1) * c.frame_stride)
+            indices = [start + i * c.frame_stride for i in range(count)]
+            bucket = self._bucket(target.width, target.height)
+            clips = [media.crop(clip.read(indices, media.cover_size(clip.width, clip.height, bucket)), bucket, position)
+                     for clip in (source, target)]
+        return clips[0], clips[1]
