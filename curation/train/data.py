@@ -125,6 +125,7 @@ def shard_groups(url: str) -> set[str]:
 class EmptyGroup(Exception):
     """A slot's shards hold no sample of a group (shards without stats, or a sample-split slot)."""
 
+
 class GroupStream:
     """Batches of one group for one slot (rank × worker), resumable from `state()`."""
 
@@ -350,7 +351,7 @@ class LoaderPosition:
 
     def __init__(self, num_workers: int, state: dict[str, Any] | None = None):
         self.num_streams = max(1, num_workers)
-        state = state or {"num_streams": self.num_streams, "batches": 0, "streams": {}, "skipped": {}}
+        state = state or {"num_streams": self.num_streams, "batches": 0, "streams": {}}
         if state["num_streams"] != self.num_streams:
             raise ValueError(f"the checkpoint's loader ran {state['num_streams']} workers; resume with "
                              f"data.num_workers={state['num_streams'] if state['num_streams'] > 1 else 0}")

@@ -121,7 +121,7 @@ class ByteTextEncoder:
         ids = torch.zeros(len(texts), self.max_tokens, dtype=torch.long)
         for i, text in enumerate(texts):
             data = list(text.encode()[: self.max_tokens - 1])
-            ids[i, : len(data) + 1] = torch.tensor([256] + [b for b in data])  # 256 = start, never masked
+            ids[i, : len(data) + 1] = torch.tensor([256] + data)  # 256 = start, never masked
         ids = ids.to(self.table.device)
         return self.table[ids] + self.positions[None], ids > 0  # (N, S, E), (N, S)
 

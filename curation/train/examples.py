@@ -82,8 +82,7 @@ class ExampleMaker:
         return (rng.random(), rng.random()) if self.config.random_crop else (0.5, 0.5)
 
     def _image(self, data: bytes, bucket: media.Bucket, position: tuple[float, float]) -> np.ndarray:
-        width, height = media.image_size(data)
-        return media.crop(media.decode_image(data, media.cover_size(width, height, bucket)), bucket, position)
+        return media.crop(media.decode_image(data, bucket), bucket, position)
 
     def _session(self, sample: dict[str, Any], rng: random.Random) -> list[Example]:
         frame_keys = sorted((k for k in sample if k.startswith("frame_") and k.endswith(".jpg")),

@@ -9,11 +9,11 @@ logs, previews and saves.
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 import json
 import logging
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -54,10 +54,12 @@ def image_size(data: bytes) -> tuple[int, int]:
         return image.size
 
 
-def decode_image(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
-    """JPEG/PNG bytes -> (1, H, W, 3) uint8, resized to `size` (W, H) when given."""
+def decode_image(data: bytes, cover: Bucket | None = None) -> np.ndarray:
+    """JPEG/PNG bytes -> (1, H, W, 3) uint8; with `cover`, resized to the smallest size of its
+    aspect that covers that bucket (the header is read once, for both)."""
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     with Image.open(io.BytesIO(data)) as image:
+        size = cover_size(*image.size, cover) if cover is not None else None
         if size is not None and image.format == "JPEG":
             image.draft("RGB", size)  # DCT-domain downscale: decodes at >= size, several times faster
         rgb = image.convert("RGB")
