@@ -185,6 +185,49 @@ def show(
         frontier = next_frontier
 
 
+@app.command()
+def report(
+    run_dir: str = typer.Argument(..., help="a run directory (the output= of `curate run`)"),
+    out: Optional[str] = typer.Option(None, "--out", help="where to write index.html and the PNGs [default: RUN_DIR/report]"),
+) -> None:
+    """Write a static, shareable report: the funnel by stage and drop reason, score histograms with
+    their thresholds, category and duration distributions, API tokens and cost, wall time per stage."""
+    from curation.audit.report import write_report
+
+    _stage_dirs(run_dir)
+    index = write_report(run_dir, out)
+    console.print(f"report: {index}")
+
+
+@app.command()
+def browse(
+    run_dir: str = typer.Argument(..., help="a run directory (the output= of `curate run`)"),
+    port: int = typer.Option(8765, help="port to listen on"),
+    host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback requires a token"),
+    token: Optional[str] = typer.Option(None, help="token for a non-loopback host [default: random, or $CURATE_BROWSE_TOKEN]"),
+) -> None:
+    """Browse a run in a local, read-only web app: the funnel (click a drop reason to see its samples),
+    the sample table with filters and instruction search, each sample's frames with region-of-edit
+    masks and boxes, turns, scores and lineage back to the source file, and its shard members as the
+    trainer sees them. Queries run on the Parquet manifests in place (DuckDB)."""
+    import uvicorn
+
+    from curation.audit.app import build_app
+    from curation.audit.security import is_loopback, new_token
+
+    _stage_dirs(run_dir)
+    if is_loopback(host):
+        token = None
+    else:
+        token = token or new_token()
+        console.print(f"[bold yellow]warning:[/] serving {run_dir} on {host}, reachable from other machines; "
+                      "every request needs the token below. The app is read-only, but the manifests are your data.")
+    web = build_app(run_dir, token)
+    shown = "localhost" if is_loopback(host) else host
+    console.print(f"curate browse: http://{shown}:{port}/" + (f"?token={token}" if token else "") + "  (Ctrl-C stops)")
+    uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
 def _train_help() -> str:
     from curation.train.cli import TRAIN_HELP
 

@@ -37,15 +37,17 @@ def outcome_table(title: str, rows: list[tuple[str, dict[str, Any], dict[str, An
 
 def funnel(stages: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per stage of a run, in order: how many samples entered (the previous stage's kept rows; all
-    listed sources for the first), how many it kept, and what it dropped or failed, by reason.
+    listed sources for the first), how many rows it wrote, how many it kept, and what it dropped or
+    failed, by reason.
     The equivalent of Kiwi-Edit's 3.7M -> 477K figure, one row per stage."""
     rows = []
     previous_kept: int | None = None
     for label, counts in stages:
         entered = counts.get("total", 0) if previous_kept is None else previous_kept
-        kept = counts.get("ok", 0)
-        rows.append({"stage": label, "entered": entered, "kept": kept,
-                     "kept_pct": round(100.0 * kept / entered, 1) if entered else None,
+        kept, written = counts.get("ok", 0), counts.get("total", 0)
+        # A stage may fan out (one video -> many clips), so the kept share is of the rows it wrote.
+        rows.append({"stage": label, "entered": entered, "rows": written, "kept": kept,
+                     "kept_pct": round(100.0 * kept / written, 1) if written else None,
                      "dropped": counts.get("dropped", {}), "error": counts.get("error", {})})
         previous_kept = kept
     return rows
@@ -53,10 +55,10 @@ def funnel(stages: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
 
 def funnel_table(title: str, rows: list[dict[str, Any]]) -> Table:
     table = Table(title=title, show_lines=False)
-    for column in ("stage", "entered", "kept", "kept %", "dropped (by reason)", "errors (by reason)"):
+    for column in ("stage", "entered", "rows", "kept", "kept % of rows", "dropped (by reason)", "errors (by reason)"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(row["stage"], str(row["entered"]), str(row["kept"]),
+        table.add_row(row["stage"], str(row["entered"]), str(row["rows"]), str(row["kept"]),
                       "" if row["kept_pct"] is None else f"{row['kept_pct']:.1f}",
                       f"{sum(row['dropped'].values())}  {_reasons(row['dropped'])}",
                       f"{sum(row['error'].values())}  {_reasons(row['error'])}")

@@ -57,3 +57,12 @@ def ray_local():
     init_ray(OmegaConf.load(CONFIG_DIR / "run.yaml").cluster)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def audit_run(tmp_path_factory, ray_local) -> Path:
+    """The example pipeline's run with scripted VLM answers and masks (tests/audit_fixtures.py),
+    shared by the report and browse tests."""
+    from audit_fixtures import build_audit_run
+
+    return build_audit_run(tmp_path_factory.mktemp("audit"))

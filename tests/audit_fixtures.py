@@ -1,0 +1,42 @@
+"""A run for the auditor tools: the example pipeline (`pipeline=sessions models=tiny` on
+manifests/examples.jsonl) with its VLM answered by a scripted OpenAI-compatible server, so turns
+carry real instructions and changed entities, and Grounding DINO's thresholds lowered for the tiny
+RANDOM detector (its scores are arbitrary, as in tests/test_ground.py) so region-of-edit masks
+exist. The VLM's instruction carries an XSS payload: a VLM's text is untrusted input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from curation.config import compose
+from curation.runner import run
+
+from conftest import REPO
+from fake_vlm_servers import ok, openai_server
+
+XSS = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+INSTRUCTION = f"Move the white car forward {XSS} and add a man in a red jacket."
+ANNOTATION = {
+    "frame1_caption": {"scene": "a road", "obj1": "a white car"},
+    "frame2_caption": {"scene": "a road", "obj1": "a white car", "char1": "a man in a red jacket"},
+    "character_change": {"char1": "appears on the left"},
+    "object_change": {"obj1": "moves forward"},
+    "global_change": "",
+    "camera_change": "none",
+    "other_change": "",
+    "summary_change": INSTRUCTION,
+}
+
+
+def build_audit_run(root: Path) -> Path:
+    """Run the example pipeline into `root/run` (needs a Ray runtime) and return the run dir."""
+    out = root / "run"
+    with openai_server(default=ok(ANNOTATION, prompt_tokens=1200, completion_tokens=150)) as server:
+        cfg = compose(["pipeline=sessions", "models=tiny", f"input={REPO / 'manifests' / 'examples.jsonl'}",
+                       f"output={out}", "vlm=openai", f"vlm.base_url={server.url}", "vlm.model=annotator",
+                       "vlm.api_key_env=null", "vlm.max_retries=1", f"vlm.cache_dir={root / 'vlm-cache'}",
+                       "ground.detector.box_threshold=0.05", "ground.detector.text_threshold=0.05",
+                       "progress=false"])
+        run(cfg)
+    return out
