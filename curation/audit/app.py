@@ -136,7 +136,9 @@ def sample(request: Request) -> Response:
     if not history:
         return b.not_found(request, f"sample {sample_id} is in no manifest of this run")
     wanted = request.query_params.get("stage")
-    chosen = next((h for h in history if h["stage"] == wanted), history[-1])
+    # By default the newest row that still has the sample's media (the shard stage drops them).
+    with_media = [h for h in history if c.stage(h["stage"]).columns & media.MEDIA_COLUMNS]
+    chosen = next((h for h in history if h["stage"] == wanted), (with_media or history)[-1])
     row = c.row(chosen["stage"], sample_id)
     if row is None:
         return b.not_found(request, f"sample {sample_id} is not in {chosen['stage']}")
@@ -207,6 +209,10 @@ def run_file(request: Request) -> Response:
     return FileResponse(path)
 
 
+def no_favicon(request: Request) -> Response:
+    return Response(status_code=204)
+
+
 def stylesheet(request: Request) -> Response:
     return FileResponse(Path(__file__).parent / "static" / "style.css", media_type="text/css")
 
@@ -258,6 +264,7 @@ def build_app(run_dir: str, token: str | None = None) -> Starlette:
         Route("/shard/{sample_id}/{name}.jpg", shard_image, methods=["GET", "HEAD"]),
         Route("/files/{path:path}", run_file, methods=["GET", "HEAD"]),
         Route("/static/style.css", stylesheet, methods=["GET", "HEAD"]),
+        Route("/favicon.ico", no_favicon, methods=["GET", "HEAD"]),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(TokenGuard, token=token), Middleware(SecurityHeaders)])
     app.state.browser = Browser(run_dir)

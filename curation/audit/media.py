@@ -21,6 +21,8 @@ MASK_COLOUR = (255, 40, 40)
 BOX_COLOURS = {"src": (40, 200, 255), "tgt": (255, 210, 0), "source": (40, 200, 255), "edited": (255, 210, 0)}
 MAX_SIDE = 640          # thumbnails are shrunk to this (aspect kept)
 MAX_PIXELS = 1 << 26    # image-bomb guard for media read from URIs
+# Columns holding a sample's own images (the shard stage's manifest drops them).
+MEDIA_COLUMNS = frozenset({"frames", "src_frame", "tgt_frame", "reference", "target_uri"})
 
 
 @dataclass(frozen=True)
