@@ -139,7 +139,7 @@ def sample(request: Request) -> Response:
     # By default the newest row that still has the sample's media (the shard stage drops them).
     with_media = [h for h in history if c.stage(h["stage"]).columns & media.MEDIA_COLUMNS]
     chosen = next((h for h in history if h["stage"] == wanted), (with_media or history)[-1])
-    row = c.row(chosen["stage"], sample_id)
+    row = c.row(chosen["stage"], sample_id, chosen)
     if row is None:
         return b.not_found(request, f"sample {sample_id} is not in {chosen['stage']}")
     items = media.sample_media(row)
