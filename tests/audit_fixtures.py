@@ -40,3 +40,22 @@ def build_audit_run(root: Path) -> Path:
                        "progress=false"])
         run(cfg)
     return out
+
+
+def browse_images(run_dir: Path, sample_id: str) -> dict[str, bytes]:
+    """The images `curate browse` shows on a sample's page ({item name: JPEG}), through the app."""
+    import re
+
+    from starlette.testclient import TestClient
+
+    from curation.audit.app import build_app
+
+    client = TestClient(build_app(str(run_dir)))
+    page = client.get(f"/sample/{sample_id}")
+    assert page.status_code == 200, page.text
+    images = {}
+    for url in re.findall(r'<img src="(/media/[^"]+\.jpg)"', page.text):
+        response = client.get(url)
+        assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg", url
+        images[url.rsplit("/", 1)[1][: -len(".jpg")]] = response.content
+    return images

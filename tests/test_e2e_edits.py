@@ -16,6 +16,7 @@ from curation import manifest as mf
 from curation.config import compose
 from curation.runner import run
 
+from audit_fixtures import browse_images
 from edit_fixtures import Edit, build_edit_dataset, judge_answer
 from fake_vlm_servers import ok_from_prompt, openai_server
 
@@ -134,6 +135,11 @@ def test_references_pipeline_turns_edits_into_filtered_quads(dataset, tmp_path, 
         ("score_reference", 4, 3), ("embed", 3, 3), ("dedup", 3, 3), ("shard", 3, 3)]
     assert funnel[1]["dropped"] == {"category_excluded": 2, "edit_score_below_threshold": 1}
 
+    # `curate browse` shows a quad's first frames with its mask and boxes drawn, and its reference.
+    images = browse_images(out, scored["backdrop"]["sample_id"])
+    assert set(images) == {"edit-src", "edit-tgt", "ref"}
+    assert all(data[:2] == b"\xff\xd8" for data in images.values())
+
 
 def test_pairs_pipeline_keeps_edits_scoring_six_or_more(dataset, tmp_path, ray_local):
     import webdataset as wds
@@ -163,6 +169,10 @@ def test_pairs_pipeline_keeps_edits_scoring_six_or_more(dataset, tmp_path, ray_l
     assert deduped["ball_again"]["reason"].startswith(f"near_duplicate: its group keeps {deduped['ball']['sample_id']} (cosine ")
     assert deduped["ball_again"]["content_hash"] != deduped["ball"]["content_hash"]  # lossy copy: found by similarity
     assert deduped["ball_again"]["duplicate_similarity"] >= 0.88
+    # `curate browse` shows an unground pair's and triplet's images from their media URIs.
+    for name in ("unchanged", "car_red"):
+        images = browse_images(out, judged[name]["sample_id"])
+        assert set(images) == {"uri-src", "uri-tgt"} and all(d[:2] == b"\xff\xd8" for d in images.values())
     samples = [s for urls in shard_urls(out) for s in wds.WebDataset(urls, shardshuffle=False)]
     kinds = sorted(json.loads(s["json"])["kind"] for s in samples)
     assert kinds == ["pair"] * 4 + ["triplet"] * 2
