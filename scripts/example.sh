@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/curate run pipeline=sessions models=tiny input=manifests/examples.jsonl output=runs/example "$@"
 .venv/bin/curate status runs/example
+# The auditors' view: a static report (funnel by reason, score histograms with thresholds, costs).
+.venv/bin/curate report runs/example
+echo "browse the run: .venv/bin/curate browse runs/example   (http://localhost:8765/)"
 echo "shards: runs/example/shards (see runs/example/shards/_dataset.json)"
 # The downstream consumer: the tiny DiT editor in pixel space streams those shards (a rerun resumes
 # from runs/example/train/checkpoint.pt and does nothing once at the last step).
