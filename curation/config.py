@@ -76,6 +76,9 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     for name in stage_names():
         base[name] = stage_defaults(name)
     OmegaConf.set_struct(base, True)
+    for name in stage_names():  # custom resource names are the user's own: any key may be set
+        if "custom_resources" in base[name].get("resources", {}):
+            OmegaConf.set_struct(base[name].resources.custom_resources, False)
 
     layers = []
     profile = chosen.get("models", base.models)

@@ -206,6 +206,25 @@ def write_table_atomic(table: pa.Table, uri: str) -> None:
     fs.move(tmp, path)
 
 
+def upload_file(local_path: str, uri: str, attempts: int = 4, backoff_s: float = 1.0) -> None:
+    """Copy a finished local file to `uri` (an object store), retrying transient failures with
+    exponential backoff. A streamed upload only becomes visible when it completes, so a failed
+    attempt leaves nothing behind and the next one starts over."""
+    import shutil
+    import time
+
+    fs, path = resolve(uri)
+    for attempt in range(1, attempts + 1):
+        try:
+            with open(local_path, "rb") as f, fs.open_output_stream(path) as out:
+                shutil.copyfileobj(f, out, length=16 << 20)
+            return
+        except OSError as e:
+            if attempt == attempts:
+                raise OSError(f"upload of {local_path} to {uri} failed {attempts} times: {e}") from e
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:

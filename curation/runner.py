@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from curation.sources import LISTING, list_sources, persist_fragments
 from curation.stage import Resources, SinkStage, Stage
 
 log = logging.getLogger(__name__)
-FRAG, ROW, SEQ = "_frag", "_row", "_seq"
+FRAG, ROW, SEQ, NODE = "_frag", "_row", "_seq", "_node"
 MAX_WORKER_RESTARTS = 3
 READ_TASK_CPUS = 0.25  # each fragment-reading task; actor pools must leave at least this much free
 
@@ -112,11 +112,16 @@ class StageWorker:
     """Ray actor: holds one stage instance whose models were loaded once by `setup()`."""
 
     def __init__(self, stage: Stage):
+        import ray
+
         self.stage = stage
         self.stage.ensure_setup()
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return run_batch(self.stage, batch)
+        out = run_batch(self.stage, batch)
+        # Which Ray node made each row: `_run.json` records it (where did a stage really run?).
+        return out.append_column(NODE, pa.array([self.node_id] * out.num_rows, pa.string()))
 
 
 def run_batch(stage: Stage, batch: pa.Table) -> pa.Table:
@@ -223,6 +228,12 @@ def fit_to_cluster(name: str, res: Resources, cluster_cpus: float | None = None)
         raise ValueError(f"stage {name}: one worker asks for num_cpus={res.num_cpus} but the cluster has {total:g} "
                          f"CPUs and reading input needs {READ_TASK_CPUS}; lower {name}.resources.num_cpus")
     fit = int(spare // res.num_cpus)
+    if cluster_cpus is None:
+        for resource, amount in dict(res.custom_resources, **({"GPU": res.num_gpus} if res.num_gpus else {})).items():
+            # Not an error: an autoscaling cluster adds such nodes when the workers ask for them.
+            if ray.cluster_resources().get(resource, 0.0) < amount:
+                log.warning("stage %s: its workers need %s=%g and no node has that now; they wait for one "
+                            "(an autoscaler's worker group, or `ray start --resources`)", name, resource, amount)
     if fit >= res.concurrency[1]:
         return res
     lo, hi = min(res.concurrency[0], fit), fit
@@ -231,8 +242,9 @@ def fit_to_cluster(name: str, res: Resources, cluster_cpus: float | None = None)
     return res.model_copy(update={"concurrency": (lo, hi)})
 
 
-def run_map_stage(stage: Stage, fragments: list[Fragment], progress: bool) -> int:
-    """Stream all fragments through the stage's actor pool; returns input rows processed."""
+def run_map_stage(stage: Stage, fragments: list[Fragment], progress: bool, nodes: Counter | None = None) -> int:
+    """Stream all fragments through the stage's actor pool; returns input rows processed.
+    `nodes` (if given) counts the output rows each Ray node's workers returned."""
     import ray.data
 
     if not fragments:
@@ -265,6 +277,7 @@ def run_map_stage(stage: Stage, fragments: list[Fragment], progress: bool) -> in
             batch_format="pyarrow",
             num_cpus=res.num_cpus,
             num_gpus=res.num_gpus or None,
+            resources=res.custom_resources or None,
             max_restarts=MAX_WORKER_RESTARTS,  # a crashed worker is restarted and its batch retried
             max_task_retries=MAX_WORKER_RESTARTS,
         )
@@ -281,6 +294,8 @@ def run_map_stage(stage: Stage, fragments: list[Fragment], progress: bool) -> in
     with _progress(total, stage.name, progress) as bar:
         if pending:
             for batch in out_ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+                if nodes is not None:
+                    nodes.update(batch.column(NODE).to_pylist())
                 for frag_index in pc.unique(batch.column(FRAG)).to_pylist():
                     part = batch.filter(pc.equal(batch.column(FRAG), frag_index))
                     buffers[frag_index].append(part)
@@ -334,12 +349,14 @@ def run_stage(name: str, cfg: DictConfig, input_uri: str | None, stage_dir: str)
         fragments, skipped = plan_fragments(inputs, stage_dir, bool(cfg.retry_errors))
         stage.on_driver_start()
         try:
-            processed = run_map_stage(stage, fragments, bool(cfg.progress))
+            nodes: Counter = Counter()
+            processed = run_map_stage(stage, fragments, bool(cfg.progress), nodes)
             stage.finalize(stage_dir)
         finally:
             stage.on_driver_end()
         done = len(fragments)
         extra = stage.run_extra(stage_dir)
+        extra["worker_nodes"] = dict(sorted(nodes.items()))  # Ray node id -> output rows made there (this attempt)
     wall = time.perf_counter() - t0
     counts = count_outcomes(stage_dir)
     record.finish(counts=counts, processed=processed, wall_s=wall, skipped_fragments=skipped, done_fragments=done, extra=extra)

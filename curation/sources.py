@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob as globlib
 import os
+import posixpath
 from pathlib import PurePosixPath
 
 import pyarrow as pa
@@ -56,8 +57,9 @@ def _resolve_relative(uri: str, base: str) -> str:
     """Paths in a source manifest are relative to the manifest's own location."""
     if "://" in uri or os.path.isabs(uri):
         return uri
-    if "://" in base:
-        return mf.join(base, uri)
+    if "://" in base:  # object stores do not resolve `..` themselves
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, uri))}"
     return os.path.normpath(os.path.join(os.path.abspath(base), uri))
 
 

@@ -27,6 +27,9 @@ class Resources(BaseModel):
 
     num_cpus: float = Field(0.5, gt=0, description="CPUs per worker (fractional ok)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per worker (fractional ok)")
+    custom_resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources per worker, e.g. {gpu_node: 1}: the stage's workers "
+        "run only on nodes started with them (`ray start --resources`), so GPU stages land on GPU worker groups")
     batch_size: int = Field(8, ge=1, description="rows per batch handed to the stage")
     concurrency: tuple[int, int] = Field((1, 2), description="(min, max) workers in the actor pool")
     calls_per_worker: int = Field(

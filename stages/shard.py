@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 from collections import Counter, defaultdict
 from typing import Any, ClassVar
@@ -116,10 +115,11 @@ class Shard(SinkStage):
         index = write_tar(tmp_path, samples)
         if local:
             os.replace(tmp_path, tar_path)
-        else:  # object stores: a streamed upload only becomes visible when it completes
-            with open(tmp_path, "rb") as f, fs.open_output_stream(tar_path) as out:
-                shutil.copyfileobj(f, out, length=16 << 20)
-            os.remove(tmp_path)
+        else:  # object stores: upload the finished tar, retrying transient failures
+            try:
+                mf.upload_file(tmp_path, tar_uri)
+            finally:
+                os.remove(tmp_path)
         tar_bytes = fs.get_file_info(tar_path).size
         by_sample = {key: (offset, span) for key, offset, span in index}
 

@@ -101,10 +101,10 @@ def test_browser_filters_by_reason_opens_a_sample_sees_masks_and_follows_lineage
         # The funnel: the drop reason near_duplicate at dedup opens the samples dropped for it.
         page.click("#funnel a.reason.dropped:has-text('near_duplicate')")
         page.wait_for_selector("#samples")
-        assert page.inner_text("#count").startswith("2 rows")
-        assert manifest_count(audit_run, "08-dedup", "status = 'dropped' AND reason LIKE 'near_duplicate%'") == 2
+        dropped = manifest_count(audit_run, "08-dedup", "status = 'dropped' AND reason LIKE 'near_duplicate%'")
+        assert dropped >= 1 and page.inner_text("#count").startswith(f"{dropped} row")
         statuses = page.locator("#samples tbody tr td:nth-child(4)").all_inner_texts()
-        assert statuses == ["dropped", "dropped"]
+        assert statuses == ["dropped"] * dropped
         page.locator("#samples a.sample-link").first.click()
         page.wait_for_selector("#sample-id")
         assert "near_duplicate" in page.inner_text("#reason")

@@ -315,3 +315,106 @@ def test_loopback_cluster_gives_the_same_output_as_local_ray(tmp_path):
         os.killpg(head.pid, signal.SIGKILL)
         head.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+class LoopbackCluster:
+    """A Ray head and worker nodes on loopback, each `ray start --block` in its own process group."""
+
+    def __init__(self, tmp: Path):
+        import secrets
+        import tempfile
+
+        self.ray_bin = Path(sys.executable).parent / "ray"
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        # Ray 2.60 enables token auth; every node and driver shares the token through the environment.
+        self.env = dict(os.environ, RAY_ADDRESS="", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+        self.temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: unix socket paths have a length limit
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, *args: str) -> None:
+        head = ["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.temp_dir}"]
+        self.procs[name] = subprocess.Popen(
+            [str(self.ray_bin), "start", "--block", "--node-ip-address=127.0.0.1",
+             *(head if not self.procs else [f"--address={self.address}"]), *args],
+            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
+
+    def nodes(self) -> list[dict]:
+        """Alive nodes as Ray reports them (NodeID, Resources), from a driver of its own."""
+        code = ("import json, ray; ray.init(address='%s', logging_level='ERROR'); "
+                "print(json.dumps([{'id': n['NodeID'], 'resources': n['Resources']} for n in ray.nodes() if n['Alive']]))"
+                % self.address)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=self.env, timeout=120)
+        return json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else []
+
+    def wait_for(self, count: int, timeout: float = 120) -> list[dict]:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            nodes = self.nodes()
+            if len(nodes) >= count:
+                return nodes
+            time.sleep(1)
+        raise AssertionError(f"the loopback cluster did not reach {count} nodes")
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def close(self) -> None:
+        for name in list(self.procs)[::-1]:
+            try:
+                self.kill(name)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _ids_and_statuses(run_dir: Path) -> dict[str, list[tuple[str, str]]]:
+    out = {}
+    for d in sorted(p.name for p in run_dir.iterdir() if p.is_dir() and p.name[:2].isdigit()):
+        rows = mf.read_table(str(run_dir / d), columns=["sample_id", "status"]).to_pylist()
+        out[d] = sorted((r["sample_id"], r["status"]) for r in rows)
+    return out
+
+
+def test_two_worker_nodes_custom_resource_and_a_killed_node(example_run, tmp_path):
+    """A CPU-only head and two workers on loopback: `decode` (cpu_decode) and `gpu` (gpu_like, the
+    stand-in for a GPU worker group). scene_split is pinned to cpu_decode and ground to gpu_like;
+    the decode node is SIGKILLed mid-stage (filter_quality); the run, resumed by rerunning the same
+    command if Ray's retries were not enough, must give the local run's sample ids exactly."""
+    cluster = LoopbackCluster(tmp_path)
+    try:
+        cluster.start("head", "--num-cpus=0")  # like a real head: no stage work lands there
+        cluster.wait_for(1)
+        cluster.start("decode", "--num-cpus=1", '--resources={"cpu_decode": 2}')
+        cluster.start("gpu", "--num-cpus=1", '--resources={"gpu_like": 1}')
+        nodes = cluster.wait_for(3)
+        decode_node = next(n["id"] for n in nodes if "cpu_decode" in n["resources"])
+        gpu_node = next(n["id"] for n in nodes if "gpu_like" in n["resources"])
+        out = tmp_path / "cluster-run"
+        args = [*CURATE, "run", "pipeline=sessions", "models=tiny", f"input={REPO / 'manifests' / 'examples.jsonl'}",
+                f"output={out}", f"cluster.address={cluster.address}", "progress=false",
+                "scene_split.resources.custom_resources.cpu_decode=1", "ground.resources.custom_resources.gpu_like=1"]
+        proc = subprocess.Popen(args, cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stage = out / "03-filter_quality"
+        deadline = time.time() + 600
+        while not (stage.is_dir() and not (stage / "_run.json").exists()):
+            assert proc.poll() is None and time.time() < deadline, "the run ended before filter_quality started"
+            time.sleep(0.1)
+        time.sleep(2)  # its workers are starting or running on both nodes
+        cluster.kill("decode")
+        log, _ = proc.communicate(timeout=900)
+        reruns = 0
+        if proc.returncode != 0:  # Ray could not recover in place: our resume does the rest
+            reruns = 1
+            done = subprocess.run(args, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=900)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert _ids_and_statuses(out) == _ids_and_statuses(example_run), f"reruns={reruns}\n{log[-3000:]}"
+        worker_nodes = {d: set(json.loads((out / d / "_run.json").read_text()).get("worker_nodes", {}))
+                        for d in _ids_and_statuses(out)}
+        assert worker_nodes["02-scene_split"] == {decode_node}
+        assert worker_nodes["06-ground"] == {gpu_node}
+        assert {decode_node, gpu_node} <= set().union(*worker_nodes.values())
+    finally:
+        cluster.close()

@@ -178,8 +178,11 @@ def test_tokens_and_cost_equal_the_run_records(audit_run, audit_report):
         usages = [v["usage"] for v in run_json(d).values() if isinstance(v, dict) and "usage" in v]
         if usages:
             expected[d.name] = {k: sum(u[k] for u in usages) for k in ("requests", "prompt_tokens", "completion_tokens", "usd")}
-    assert expected["05-annotate"] == {"requests": 15, "prompt_tokens": 18000, "completion_tokens": 2250,
-                                       "usd": pytest.approx(0.0108)}
+    # One request per turn, each billed as the scripted server answers (tests/audit_fixtures.py) at
+    # vlm=openai's list prices; how many turns depends on the sampled frame counts, so count them.
+    turns = duckdb.sql(f"SELECT sum(len(turns)) FROM read_parquet('{audit_run}/05-annotate/part-*.parquet')").fetchall()[0][0]
+    assert expected["05-annotate"] == {"requests": turns, "prompt_tokens": 1200 * turns, "completion_tokens": 150 * turns,
+                                       "usd": pytest.approx(turns * (1200 * 0.40 + 150 * 1.60) / 1e6)}
     assert {u["stage"]: {k: u[k] for k in expected[u["stage"]]} for u in data["usage"]} == expected
     shown = html_table(html, "usage")
     for stage, usage in [*expected.items(), ("total", {k: sum(u[k] for u in expected.values()) for k in expected["05-annotate"]})]:

@@ -296,8 +296,10 @@ def test_requests_per_minute_spaces_requests(server):
         server.reset(default=ok(ANNOTATION))
         vlm.generate_many([request(f"p{i}") for i in range(5)])
     starts = sorted(r.started for r in server.requests)
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
-    assert len(starts) == 5 and min(gaps) >= 0.08  # 600/min = one every 0.1 s
+    # 600/min = one every 0.1 s: 5 requests span at least 0.4 s. Arrival times at the server jitter
+    # on a loaded machine (one gap of 0.05 s next to one of 0.14 s was seen), so the span is checked,
+    # not each gap; a limiter that let them burst would send all 5 within a few milliseconds.
+    assert len(starts) == 5 and starts[-1] - starts[0] >= 0.36
 
 
 def test_backend_is_created_without_network_and_reused_across_batches(server):
