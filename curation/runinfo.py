@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 from collections import Counter
@@ -20,17 +21,18 @@ from curation.stage import Stage
 
 
 def git_sha() -> str | None:
-    """The curate checkout's commit (with `-dirty` when it has local changes), or None if not a checkout."""
+    """The curate checkout's commit (with `-dirty` when it has local changes); in an installed copy
+    (the Docker image has no .git) the commit it was built from, `$CURATE_GIT_SHA`; else None."""
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
-            return None
+            return os.environ.get("CURATE_GIT_SHA") or None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=5)
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get("CURATE_GIT_SHA") or None
 
 
 def config_hash(config: dict[str, Any]) -> str:
