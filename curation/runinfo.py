@@ -95,6 +95,8 @@ class RunRecord:
         """Write `_run.json`. A resumed run appends an attempt, so the first run's throughput is kept."""
         path = mf.join(self.stage_dir, "_run.json")
         attempts = mf.read_json(path).get("attempts", []) if mf.exists(path) else []
+        extra = dict(extra)
+        nodes = extra.pop("worker_nodes", None)
         attempts.append({
             "started_at": self.record["started_at"],
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -103,6 +105,7 @@ class RunRecord:
             "processed": processed,
             "wall_s": round(wall_s, 3),
             "fragments": {"done": done_fragments, "skipped_complete": skipped_fragments},
+            **({"worker_nodes": nodes} if nodes is not None else {}),
         })
         working = [a for a in attempts if a["processed"]]
         total_processed = sum(a["processed"] for a in working)
@@ -118,4 +121,9 @@ class RunRecord:
             attempts=attempts,
             **extra,
         )
+        if nodes is not None:  # over every attempt: a resumed run keeps where the first one ran
+            merged: Counter = Counter()
+            for attempt in attempts:
+                merged.update(attempt.get("worker_nodes") or {})
+            self.record["worker_nodes"] = dict(sorted(merged.items()))
         mf.write_json_atomic(path, self.record)

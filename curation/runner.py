@@ -356,7 +356,7 @@ def run_stage(name: str, cfg: DictConfig, input_uri: str | None, stage_dir: str)
             stage.on_driver_end()
         done = len(fragments)
         extra = stage.run_extra(stage_dir)
-        extra["worker_nodes"] = dict(sorted(nodes.items()))  # Ray node id -> output rows made there (this attempt)
+        extra["worker_nodes"] = dict(sorted(nodes.items()))  # Ray node id -> output rows made there
     wall = time.perf_counter() - t0
     counts = count_outcomes(stage_dir)
     record.finish(counts=counts, processed=processed, wall_s=wall, skipped_fragments=skipped, done_fragments=done, extra=extra)
