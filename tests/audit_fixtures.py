@@ -14,19 +14,11 @@ from curation.runner import run
 
 from conftest import REPO
 from fake_vlm_servers import ok, openai_server
+from test_annotate import VALID
 
 XSS = "<script>alert(1)</script><img src=x onerror=alert(2)>"
 INSTRUCTION = f"Move the white car forward {XSS} and add a man in a red jacket."
-ANNOTATION = {
-    "frame1_caption": {"scene": "a road", "obj1": "a white car"},
-    "frame2_caption": {"scene": "a road", "obj1": "a white car", "char1": "a man in a red jacket"},
-    "character_change": {"char1": "appears on the left"},
-    "object_change": {"obj1": "moves forward"},
-    "global_change": "",
-    "camera_change": "none",
-    "other_change": "",
-    "summary_change": INSTRUCTION,
-}
+ANNOTATION = {**VALID, "summary_change": INSTRUCTION}  # test_annotate's car and man, with the payload
 
 
 def build_audit_run(root: Path) -> Path:

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -116,12 +115,11 @@ def test_killed_mid_stage_then_rerun_matches_the_uninterrupted_run(s3, full_run)
     proc = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 600
-        while True:  # some of scene_split's fragments written, not all: mid-stage
+        while True:  # some of scene_split's fragments written, not all: mid-stage (pytest-timeout bounds it)
             done = [k for k in keys(client, "runs/killed/02-scene_split/") if k.rsplit("/", 1)[1].startswith("part-")]
             if 0 < len(done) < 3:
                 break
-            assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed mid-stage"
+            assert proc.poll() is None, "the run ended before it could be killed mid-stage"
             time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

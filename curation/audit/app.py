@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,12 @@ from starlette.routing import Route
 from curation.audit import media, shard_view
 from curation.audit.catalog import RunCatalog, SampleFilter
 from curation.audit.security import SecurityHeaders, TokenGuard, file_under
+from curation.manifest import scores_of
 
 PER_PAGE = 50
 MAX_ID = 200            # longer "sample ids" are not ids: 404 without a query
 REFRESH_EVERY_S = 2.0   # a run in progress grows; re-list its files at most this often
+ROW_CACHE = 8           # whole rows kept (a session row holds its frames and masks: ~1 MB)
 
 
 class Browser:
@@ -40,6 +44,8 @@ class Browser:
         self.root = Path(self.catalog.run_dir)
         self._checked = time.monotonic()
         self._menus: dict[str, Any] | None = None
+        self._rows: OrderedDict[tuple[str, str], dict[str, Any] | None] = OrderedDict()
+        self._rows_lock = threading.Lock()  # pages are served from a thread pool
         self.env = Environment(loader=PackageLoader("curation.audit", "templates"),
                                autoescape=select_autoescape(["html"], default=True))
         self.env.filters["pretty_json"] = _pretty_json
@@ -51,7 +57,23 @@ class Browser:
             self._checked = time.monotonic()
             if self.catalog.refresh():
                 self._menus = None
+                with self._rows_lock:
+                    self._rows.clear()
         return self.catalog
+
+    def row(self, stage: str, sample_id: str, hit: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """A whole manifest row; the last few are kept, since a sample page's images all need its row."""
+        key = (stage, sample_id)
+        with self._rows_lock:
+            if key in self._rows:
+                self._rows.move_to_end(key)
+                return self._rows[key]
+        row = self.catalog.row(stage, sample_id, hit)
+        with self._rows_lock:
+            self._rows[key] = row
+            while len(self._rows) > ROW_CACHE:
+                self._rows.popitem(last=False)
+        return row
 
     def menus(self) -> dict[str, Any]:
         if self._menus is None:
@@ -139,7 +161,7 @@ def sample(request: Request) -> Response:
     # By default the newest row that still has the sample's media (the shard stage drops them).
     with_media = [h for h in history if c.stage(h["stage"]).columns & media.MEDIA_COLUMNS]
     chosen = next((h for h in history if h["stage"] == wanted), (with_media or history)[-1])
-    row = c.row(chosen["stage"], sample_id, chosen)
+    row = b.row(chosen["stage"], sample_id, chosen)
     if row is None:
         return b.not_found(request, f"sample {sample_id} is not in {chosen['stage']}")
     items = media.sample_media(row)
@@ -147,14 +169,14 @@ def sample(request: Request) -> Response:
     shard = shard_view.lookup(c.cursor(), _shards_dir(c), sample_id)
     scalars = {k: v for k, v in row.items() if _is_scalar(v) and k not in _SHOWN}
     return b.page(request, "sample.html", row=row, stage=chosen["stage"], history=history, items=items,
-                  lineage=lineage, shard=shard, scalars=scalars, scores=_scores(row))
+                  lineage=lineage, shard=shard, scalars=scalars, scores=scores_of(row))
 
 
 def media_image(request: Request) -> Response:
     b: Browser = request.app.state.browser
     c = b.fresh()
     stage, sample_id, name = (request.path_params[k] for k in ("stage", "sample_id", "name"))
-    row = c.row(stage, sample_id) if c.stage(stage) is not None and len(sample_id) <= MAX_ID else None
+    row = b.row(stage, sample_id) if c.stage(stage) is not None and len(sample_id) <= MAX_ID else None
     data = media.render(row, name) if row is not None else None
     if data is None:
         return Response("not found", status_code=404, media_type="text/plain")
@@ -169,15 +191,9 @@ def shard_page(request: Request) -> Response:
     entry = shard_view.lookup(c.cursor(), shards, sample_id) if len(sample_id) <= MAX_ID else None
     if entry is None:
         return b.not_found(request, f"sample {sample_id} is in no shard of this run")
-    members = shard_view.read_members(shards, entry)
-    try:
-        examples, problem = shard_view.trainer_examples(members, shards), None
-    except Exception as e:  # noqa: BLE001 - the page shows why the trainer would skip it
-        examples, problem = [], f"{type(e).__name__}: {e}"
-    return b.page(request, "shard.html", entry=entry, members=shard_view.member_rows(members),
-                  examples=[{"index": i, "instruction": ex.instruction, "group": ex.group,
-                             "shape": list(ex.target.shape), "references": len(ex.reference)}
-                            for i, ex in enumerate(examples)], problem=problem)
+    view = shard_view.trainer_view(shards, entry)
+    return b.page(request, "shard.html", entry=entry, members=shard_view.member_rows(shard_view.read_members(shards, entry)),
+                  examples=view.examples, problem=view.problem)
 
 
 def shard_image(request: Request) -> Response:
@@ -188,13 +204,12 @@ def shard_image(request: Request) -> Response:
     entry = shard_view.lookup(c.cursor(), shards, sample_id) if len(sample_id) <= MAX_ID else None
     data = None
     if entry is not None:
-        members = shard_view.read_members(shards, entry)
         if name.startswith("example-") and name[len("example-"):].isdigit():
-            examples = shard_view.trainer_examples(members, shards)
+            images = shard_view.trainer_view(shards, entry).images
             index = int(name[len("example-"):])
-            data = shard_view.example_jpeg(examples[index]) if index < len(examples) else None
+            data = images[index] if index < len(images) else None
         elif name.startswith("member-"):
-            data = shard_view.member_jpeg(members, name[len("member-"):])
+            data = shard_view.member_jpeg(shard_view.read_members(shards, entry), name[len("member-"):])
     if data is None:
         return Response("not found", status_code=404, media_type="text/plain")
     return Response(data, media_type="image/jpeg")
@@ -227,14 +242,8 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-def _scores(row: dict[str, Any]) -> dict[str, float]:
-    from curation.manifest import scores_of
-
-    return scores_of(row)
-
-
 def _shards_dir(c: RunCatalog) -> str:
-    shard = next((s for s in reversed(c.stages) if s.name == "shard"), None)
+    shard = c.stage_named("shard")
     return shard_view.shards_dir(c.run_dir, shard.run if shard else {})
 
 

@@ -146,6 +146,10 @@ class RunCatalog:
     def stage(self, label: str) -> StageManifest | None:
         return next((s for s in self.stages if s.label == label), None)
 
+    def stage_named(self, name: str) -> StageManifest | None:
+        """The newest manifest of the stage called `name` ("dedup"), if the run has one."""
+        return next((s for s in reversed(self.stages) if s.name == name), None)
+
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor of its own for the calling thread (one connection is not safe across threads)."""
         with self._lock:

@@ -83,15 +83,11 @@ def _lookup(config: dict[str, Any], path: str) -> Any:
     return config
 
 
-def _stage_named(catalog: RunCatalog, name: str) -> StageManifest | None:
-    return next((s for s in catalog.stages if s.name == name), None)
-
-
 def thresholds(catalog: RunCatalog, score: str) -> list[dict[str, Any]]:
     """The cuts in force on a score in this run: [{setting, value, stage}], from the stages' own configs."""
     found = []
     for rule in (r for r in THRESHOLDS if r.score == score):
-        stage = _stage_named(catalog, rule.stage)
+        stage = catalog.stage_named(rule.stage)
         config = (stage.run.get("stage_config") or {}) if stage else {}
         if not config or (rule.switch and not _lookup(config, rule.switch)):
             continue
@@ -147,7 +143,7 @@ def _scores(catalog: RunCatalog) -> list[dict[str, Any]]:
         found.append((name, stage, _values_by_status(
             cur, f"SELECT status, element_at(scores, ?)[1] AS v FROM {stage.view}", [name])))
     for name, stage_name in COLUMN_SCORES.items():
-        stage = _stage_named(catalog, stage_name)
+        stage = catalog.stage_named(stage_name)
         if stage is not None and name in stage.columns:
             found.append((name, stage, _values_by_status(cur, f"SELECT status, {name} AS v FROM {stage.view}", [])))
     return [{"name": name, "stage": stage.label, "thresholds": thresholds(catalog, name), **hist}

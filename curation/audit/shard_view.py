@@ -10,6 +10,7 @@ import io
 import json
 import tarfile
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,9 @@ def lookup(cursor: Any, shards: str, sample_id: str) -> ShardEntry | None:
     return ShardEntry(*found) if found else None
 
 
+@lru_cache(maxsize=16)  # a shard page and each of its images read the same sample
 def read_members(shards: str, entry: ShardEntry) -> dict[str, bytes]:
-    """The sample's tar members as WebDataset groups them: {"__key__": key, ext: bytes}."""
+    """The sample's tar members as WebDataset groups them: {"__key__": key, ext: bytes}. Cached: do not mutate."""
     from webdataset.tariterators import base_plus_ext
 
     fs, path = mf.resolve(mf.join(shards, entry.shard))
@@ -80,12 +82,28 @@ def member_rows(sample: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def trainer_examples(sample: dict[str, Any], shards: str) -> list[Any]:
-    """The trainer's examples of this sample (default data config, centre crop, epoch 0)."""
+@dataclass(frozen=True)
+class TrainerView:
+    """The examples the trainer makes of a sample, as the shard page shows them."""
+
+    examples: tuple[dict[str, Any], ...]  # index, instruction, group, target shape, reference count
+    images: tuple[bytes, ...]             # one JPEG per example (source | target | references)
+    problem: str | None                   # why the trainer would skip the sample, if it would
+
+
+@lru_cache(maxsize=16)  # the page and each example image need the same decode
+def trainer_view(shards: str, entry: ShardEntry) -> TrainerView:
+    """Decode the sample with the trainer's own ExampleMaker (default data config, centre crop, epoch 0)."""
     from curation.train.data import DataConfig
     from curation.train.examples import ExampleMaker
 
-    return ExampleMaker(DataConfig(shards=shards, random_crop=False))(sample, 0)
+    try:
+        examples = ExampleMaker(DataConfig(shards=shards, random_crop=False))(read_members(shards, entry), 0)
+    except Exception as e:  # noqa: BLE001 - the page shows why the trainer would skip it
+        return TrainerView((), (), f"{type(e).__name__}: {e}")
+    info = tuple({"index": i, "instruction": ex.instruction, "group": ex.group, "shape": list(ex.target.shape),
+                  "references": len(ex.reference)} for i, ex in enumerate(examples))
+    return TrainerView(info, tuple(example_jpeg(ex) for ex in examples), None)
 
 
 def example_jpeg(example: Any) -> bytes:
