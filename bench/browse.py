@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/browse.py [--rows 1000000] [--rows-per-part 100000] [--out DIR] [--repeats 5]
 
-Run: shaped like the pairs pipeline, written with `curation.manifest` (zstd Parquet, one part file
+Run: shaped like the pairs pipeline, written with `curation.core.storage` (zstd Parquet, one part file
 per `--rows-per-part` rows): `01-ingest` (N pairs, all ok), `02-edit_score` (N rows: scores map with
 edit_score and two 0-25 sub-scores, drops: edit_score_below_threshold, category_excluded,
 judge_unparseable; a few errors), `03-dedup` (the ok rows of 02, some dropped near_duplicate).
@@ -37,11 +37,10 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
 from starlette.testclient import TestClient
 
-from curation import manifest as mf
 from curation.audit.app import build_app
+from curation.core import storage
 
 CATEGORIES = ["local_change", "local_add", "local_remove", "background_change", "global_style",
               "color_texture", "camera", "relight", "other"]
@@ -151,8 +150,8 @@ def synthesise(run: Path, rows: int, rows_per_part: int, seed: int) -> None:
     scored = edit_score_table(rng, ingest)
     for name, table in (("01-ingest", ingest), ("02-edit_score", scored), ("03-dedup", dedup_table(rng, scored))):
         for part, start in enumerate(range(0, table.num_rows, rows_per_part)):
-            mf.write_table_atomic(table.slice(start, rows_per_part), str(run / name / f"part-{part:05d}.parquet"))
-        mf.write_json_atomic(str(run / name / "_run.json"), {"stage": name.split("-", 1)[1], "rows": table.num_rows})
+            storage.write_table_atomic(table.slice(start, rows_per_part), str(run / name / f"part-{part:05d}.parquet"))
+        storage.write_json_atomic(str(run / name / "_run.json"), {"stage": name.split("-", 1)[1], "rows": table.num_rows})
 
 
 def timed(fn: Callable[[], object]) -> float:

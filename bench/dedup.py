@@ -1,4 +1,4 @@
-"""Global near-duplicate search at manifest scale: `curation.dedup.deduplicate` against exact
+"""Global near-duplicate search at manifest scale: `curation.dedup.search.deduplicate` against exact
 brute force, in the same run.
 
 Input: `--n` random 512-d unit vectors stored as float16 (what the stage reads from Parquet), with
@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from curation.dedup import SearchConfig, deduplicate  # noqa: E402
+from curation.dedup.search import SearchConfig, deduplicate  # noqa: E402
 
 GIB = 1024 ** 3
 

@@ -1,14 +1,14 @@
 """End-to-end throughput model of `pipeline=sessions`: measured CPU stages, modelled GPU stages, a
 sizing table for a large run, and a measurement of Ray Data's streaming overlap.
 
-    CURATE_CACHE=/tmp/e2e-cache python bench/e2e.py [--media all|examples|shared] [--videos PATH ...]
+    CURATE_CACHE=/tmp/e2e-cache python bench/e2e.py [--media all|examples|tests] [--videos PATH ...]
         [--videos-total 1e6 --video-s 60 --fps 30] [--cpu-nodes 16 --cores-per-node 32]
         [--gpu-nodes 4 --gpus-per-node 8 --gpu H100 --vlm qwen2.5-vl-7b] [--no-overlap]
 
 What is MEASURED here (real footage, real code, this machine, this run):
   (a) `pipeline=sessions models=tiny` through Ray, one `runner.run_stage` per stage (what
-      `runner.run` does), on the bundled examples/media clips plus, when present, the videos of
-      ../shared/media/videos. Per stage: `_run.json` wall time and samples/s, and the CPU seconds
+      `runner.run` does), on the bundled examples/media clips plus the other videos bundled for the
+      tests (tests/data/videos). Per stage: `_run.json` wall time and samples/s, and the CPU seconds
       this process tree actually burned (sampled from /proc: the driver, the local raylet/GCS and
       every Ray worker), so "how many cores did the stage really use" is a number, not a guess.
       Baseline in the same run: the CPU stages replayed in this process, one thread, on the very
@@ -57,7 +57,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SHARED_VIDEOS = REPO.parent / "shared" / "media" / "videos"
+from curation.core import storage  # noqa: E402
+
+TEST_VIDEOS = REPO / "tests" / "data" / "videos"  # bundled for the tests (tests/data/LICENSES.md)
 EXAMPLES_MANIFEST = REPO / "manifests" / "examples.jsonl"
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm"}
 
@@ -185,7 +187,7 @@ class TreeCpu:
         while not self.stop.wait(self.interval):
             self._scan()
 
-    def start(self) -> "TreeCpu":
+    def start(self) -> TreeCpu:
         self._scan()
         self.thread.start()
         return self
@@ -231,9 +233,8 @@ def source_videos(args) -> list[Path]:
             if line.strip():
                 p = (EXAMPLES_MANIFEST.parent / json.loads(line)["source_uri"]).resolve()
                 videos[p.name] = p
-    if args.media in ("all", "shared") and SHARED_VIDEOS.is_dir():
-        for p in sorted(SHARED_VIDEOS.rglob("*")):
-            # the bundled examples are byte copies of three shared videos: list each file once
+    if args.media in ("all", "tests"):
+        for p in sorted(TEST_VIDEOS.rglob("*")):
             if p.suffix.lower() in VIDEO_SUFFIXES and p.name not in videos:
                 videos[p.name] = p
     return list(videos.values())
@@ -259,16 +260,14 @@ class StageRun:
 def ok_rows(stage_dir: str, columns: list[str] | None = None):
     import pyarrow.compute as pc
 
-    from curation import manifest as mf
-
-    t = mf.read_table(stage_dir, columns=None if columns is None else ["status", *columns])
+    t = storage.read_table(stage_dir, columns=None if columns is None else ["status", *columns])
     return t.filter(pc.equal(t.column("status"), "ok"))
 
 
 def run_pipeline(cfg, run_dir: str, meter: TreeCpu | None) -> list[StageRun]:
     """`runner.run`, one stage at a time so each stage's CPU can be read off separately."""
-    from curation import manifest as mf
-    from curation.runner import run_stage, stage_dir_for
+    from curation.core.layout import stage_dir_for
+    from curation.core.runner import run_stage
 
     runs = []
     prev = cfg.input
@@ -277,7 +276,7 @@ def run_pipeline(cfg, run_dir: str, meter: TreeCpu | None) -> list[StageRun]:
         before = meter.snapshot() if meter else {}
         run_stage(name, cfg, prev, stage_dir)
         cpu = diff(meter.snapshot(), before) if meter else {"driver": math.nan, "workers": math.nan, "ray_system": math.nan}
-        runs.append(StageRun(name, mf.read_json(mf.join(stage_dir, "_run.json")), cpu, stage_dir))
+        runs.append(StageRun(name, storage.read_json(storage.join(stage_dir, "_run.json")), cpu, stage_dir))
         prev = stage_dir
     return runs
 
@@ -298,13 +297,12 @@ def replay_cpu_stages(cfg, runs: dict[str, StageRun], work: Path, repeat: int) -
     import pyarrow.compute as pc
     import torch
 
-    from curation import manifest as mf
-    from curation.config import build_stage
+    from curation.core.config import build_stage
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     inputs = {
-        "ingest": mf.join(runs["ingest"].stage_dir, "_input"),
+        "ingest": storage.join(runs["ingest"].stage_dir, "_input"),
         "scene_split": runs["ingest"].stage_dir,
         "filter_quality": runs["scene_split"].stage_dir,
         "sample_frames": runs["filter_quality"].stage_dir,
@@ -317,8 +315,8 @@ def replay_cpu_stages(cfg, runs: dict[str, StageRun], work: Path, repeat: int) -
         stage.ensure_setup()
         setup = time.process_time() - c0
         tables = []
-        for uri in mf.list_files(src, prefix="part-", suffix=".parquet"):
-            t = mf.read_table(uri)
+        for uri in storage.list_files(src, prefix="part-", suffix=".parquet"):
+            t = storage.read_table(uri)
             tables.append(t.filter(pc.equal(t.column("status"), "ok")))
         rows = sum(t.num_rows for t in tables)
         c0, w0 = time.process_time(), time.perf_counter()
@@ -384,8 +382,6 @@ class Fanout:
 def measure_fanout(runs: dict[str, StageRun]) -> Fanout:
     import pyarrow.compute as pc
 
-    from curation import manifest as mf
-
     videos = ok_rows(runs["ingest"].stage_dir, ["duration_s"])
     source_s = float(pc.sum(videos.column("duration_s")).as_py())
     clips = ok_rows(runs["scene_split"].stage_dir, ["kind"]).num_rows
@@ -393,7 +389,7 @@ def measure_fanout(runs: dict[str, StageRun]) -> Fanout:
     sessions = ok_rows(runs["sample_frames"].stage_dir, ["frame_indices", "frame_width", "frame_height"])
     frames = [len(x) for x in sessions.column("frame_indices").to_pylist()]
     sizes = list(zip(sessions.column("frame_width").to_pylist(), sessions.column("frame_height").to_pylist()))
-    into_dedup = mf.read_table(runs["dedup"].stage_dir, columns=["status"]).num_rows
+    into_dedup = storage.read_table(runs["dedup"].stage_dir, columns=["status"]).num_rows
     after_dedup = ok_rows(runs["dedup"].stage_dir, ["kind"]).num_rows
     return Fanout(
         source_s=source_s,
@@ -440,7 +436,7 @@ class VlmCost:
 
 
 def vlm_cost(gpu: str, vlm: str, output_tokens: float, frame: tuple[int, int], max_side: int) -> VlmCost:
-    from curation.prompting import load_template
+    from curation.prompts.templates import load_template
 
     g, m = GPUS[gpu], VLMS[vlm]
     prompt = load_template("transition_annotation").render(caption=None, feedback=None)
@@ -630,8 +626,9 @@ def overlap(runs: dict[str, StageRun], items_wanted: int, frames_per_item: int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     m = parser.add_argument_group("measurement (a, d)")
-    m.add_argument("--media", choices=("all", "examples", "shared"), default="all",
-                   help="footage: the bundled examples/media clips, the videos of ../shared/media/videos, or both (default)")
+    m.add_argument("--media", choices=("all", "examples", "tests"), default="all",
+                   help="footage: the bundled examples/media clips, the other videos bundled for the tests (tests/data/videos), "
+                        "or both (default)")
     m.add_argument("--videos", nargs="+", help="video files or directories instead of --media")
     m.add_argument("--work", type=Path, help="work directory (default: a temp dir, removed at the end)")
     m.add_argument("--replay-repeat", type=int, default=1, help="passes of the in-process CPU replay (more = steadier)")
@@ -661,8 +658,8 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("CURATE_CACHE", "/tmp/e2e-cache")
-    from curation.config import compose
-    from curation.ray_env import init_ray
+    from curation.core.config import compose
+    from curation.core.ray_env import init_ray
 
     videos = source_videos(args)
     if not videos:
@@ -714,8 +711,8 @@ def main() -> None:
                          fmt(r.record["processed_total"] / r.work_cpu if r.work_cpu else math.nan, ".2f"),
                          fmt(r.work_cpu, ".1f"), fmt(r.cpu["workers"], ".1f"), fmt(r.cpu["ray_system"], ".1f"),
                          fmt(r.work_cpu / r.wall if r.wall else math.nan, ".2f"), slots, note])
-        print_table(["stage", "in", "ok out", "wall s", "samples/s", "per CPU s", "CPU s", "in workers", "ray sys CPU s", "busy cores", "slots",
-                     "note"], rows)
+        print_table(["stage", "in", "ok out", "wall s", "samples/s", "per CPU s", "CPU s", "in workers", "ray sys CPU s",
+                     "busy cores", "slots", "note"], rows)
 
         replay = replay_cpu_stages(cfg, runs, work, args.replay_repeat)
         # per-unit CPU cost the model uses (steady state, one core)

@@ -2,6 +2,9 @@
 
     python bench/filters.py [--media DIR] [--videos pyscenedetect/testvideo.mp4 ...] [--frames 8] [--repeat 2]
 
+Footage: the bundled media (examples/media, tests/data) unless `--media DIR` names a directory
+laid out as DIR/videos/<name> with DIR/ground_truth.json.
+
 Clips as filter_quality will see them: the shots of ground_truth.json, trimmed one frame each side,
 split into pieces of at most 10 s, pieces under 2 s skipped (scene_split's defaults). Per clip,
 `--frames` indices from `sample_indices` are decoded at full resolution with `read_frames` and the
@@ -26,7 +29,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DEFAULT_MEDIA = REPO.parent / "shared" / "media"
 DEFAULT_VIDEOS = ["pyscenedetect/testvideo.mp4", "intel-sample-videos/bottle-detection.mp4"]
 MIN_CLIP_S, MAX_CLIP_S, TRIM = 2.0, 10.0, 1  # scene_split defaults
 STEPS = ("borders", "prepare", "luminance", "blur", "motion", "camera_motion", "text_overlay", "nsfw")
@@ -55,8 +57,9 @@ def video_pts(path: str) -> list[int | None]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--media", type=Path, default=DEFAULT_MEDIA, help="shared media root (videos/, ground_truth.json)")
-    parser.add_argument("--videos", nargs="+", default=DEFAULT_VIDEOS, help="paths under videos/")
+    parser.add_argument("--media", type=Path, default=None,
+                        help="media root holding videos/ and ground_truth.json (default: the bundled media)")
+    parser.add_argument("--videos", nargs="+", default=DEFAULT_VIDEOS, help="video names (paths under videos/)")
     parser.add_argument("--frames", type=int, default=8, help="frames sampled per clip")
     parser.add_argument("--repeat", type=int, default=2, help="passes over the clips (timings summed)")
     args = parser.parse_args()
@@ -67,7 +70,13 @@ def main() -> None:
     from curation.media.probe import probe_video
     from curation.quality import QualityConfig, assess, load_models, sample_indices
 
-    truth = {v["file"]: v for v in json.loads((args.media / "ground_truth.json").read_text())["videos"]}
+    if args.media:
+        truth = {v["file"]: v for v in json.loads((args.media / "ground_truth.json").read_text())["videos"]}
+        video_files = {name: args.media / "videos" / name for name in args.videos}
+    else:
+        import bundled
+
+        truth, video_files = bundled.ground_truth(), bundled.videos()
     cfg = QualityConfig(num_frames=args.frames)
     t0 = time.perf_counter()
     load_models(cfg)
@@ -78,7 +87,7 @@ def main() -> None:
     totals: dict[str, float] = defaultdict(float)
     rows = []
     for name in args.videos:
-        path = str(args.media / "videos" / name)
+        path = str(video_files[name])
         info = probe_video(path, 1 << 30)
         fps = float(info.fps)
         pts = video_pts(path)

@@ -31,7 +31,7 @@ from frames import spread_frames  # noqa: E402  (bench/, the script's own direct
 QUERIES = ["a car", "a person in a jacket"]
 
 
-def real_frames(videos: Path, per_video: int, max_side: int | None) -> list[np.ndarray]:
+def real_frames(videos: Path | list[Path], per_video: int, max_side: int | None) -> list[np.ndarray]:
     """`per_video` evenly spaced frames of each video, through a JPEG round trip (RGB uint8)."""
     from curation.media.jpeg import encode_jpeg
 
@@ -59,7 +59,7 @@ def detect_and_segment(detector, segmenter, frames: list[np.ndarray], per_call: 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--media", type=Path, default=REPO.parent / "shared" / "media")
+    parser.add_argument("--media", type=Path, default=None, help="media root holding videos/ (default: the bundled media)")
     parser.add_argument("--per-video", type=int, default=8, help="frames taken from each video")
     parser.add_argument("--max-side", type=int, default=None, help="shrink frames to this longer side (sample_frames.max_side)")
     parser.add_argument("--batch", type=int, default=8, help="batch size of (b)")
@@ -81,9 +81,15 @@ def main() -> int:
     for ref in (args.detector, args.segmenter):
         resolve_model(ref)
     build_s = time.perf_counter() - t0
-    frames = real_frames(args.media / "videos", args.per_video, args.max_side)
+    if args.media:
+        videos = args.media / "videos"
+    else:
+        import bundled
+
+        videos = sorted(bundled.videos().values())
+    frames = real_frames(videos, args.per_video, args.max_side)
     if not frames:
-        print(f"no frames under {args.media / 'videos'}", file=sys.stderr)
+        print(f"no frames under {args.media / 'videos' if args.media else 'the bundled media'}", file=sys.stderr)
         return 1
     thresholds = dict(box_threshold=args.threshold, text_threshold=args.threshold)
     runs = {}

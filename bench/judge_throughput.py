@@ -12,7 +12,7 @@ zero overhead); `judge=vlm` asks 1 request per image pair (edit_judge), `judge=e
 (semantic consistency and perceptual quality). Rates, all printed as ratios of that ideal:
   steady  - samples / (server's first request arrival -> last response), seen by the server: the
             pool's sustained rate, with batching, scheduling and Ray Data overhead included;
-  stage   - samples / wall time of the whole stage run through `curation.runner.run`, which also
+  stage   - samples / wall time of the whole stage run through `curation.core.runner.run`, which also
             pays for starting the actor and reading/writing the manifests;
   direct  - the same requests (same prompts, same JPEG bytes), rendered beforehand, through the
             backend alone (`make_vlm(...).generate_many`, no Ray, no stage): what the HTTP client
@@ -55,12 +55,13 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from latency_server import latency_server  # noqa: E402
 
-from curation import manifest as mf  # noqa: E402
-from curation.config import build_stage, compose  # noqa: E402
-from curation.edit_sources import EditSourceRow  # noqa: E402
+from curation.core import storage  # noqa: E402
+from curation.core.config import build_stage, compose  # noqa: E402
+from curation.core.runner import run  # noqa: E402
+from curation.core.schema import arrow_schema  # noqa: E402
 from curation.media.jpeg import encode_jpeg  # noqa: E402
-from curation.runner import run  # noqa: E402
-from stages.ingest import IngestColumns  # noqa: E402
+from curation.sources.edit_datasets import EditSourceRow  # noqa: E402
+from curation.stages.ingest import IngestColumns  # noqa: E402
 
 # One fixed answer per judge; both score 8/10 overall, above the default threshold (6).
 ANSWERS = {
@@ -82,7 +83,7 @@ def write_pairs(directory: Path, count: int, size: tuple[int, int], per_fragment
     media = directory / "media"
     media.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    schema = mf.arrow_schema(EditSourceRow, IngestColumns)
+    schema = arrow_schema(EditSourceRow, IngestColumns)
     rows = []
     for i in range(count):
         uris = []
@@ -98,7 +99,7 @@ def write_pairs(directory: Path, count: int, size: tuple[int, int], per_fragment
         ))
     for start in range(0, count, per_fragment):
         table = pa.Table.from_pylist(rows[start:start + per_fragment], schema=schema)
-        mf.write_table_atomic(table, str(directory / f"part-{start // per_fragment:05d}.parquet"))
+        storage.write_table_atomic(table, str(directory / f"part-{start // per_fragment:05d}.parquet"))
     return str(directory)
 
 
@@ -175,12 +176,12 @@ def stage_requests(judge: str, inputs: str, cfg) -> list:
     JPEG re-encode (`jpeg_quality`), the same rendered prompts and cache salt."""
     from curation.backends.vlm import VLMRequest
     from curation.media.edit_media import read_edit_frames
-    from curation.prompting import load_template
+    from curation.prompts.templates import load_template
 
     quality, max_pixels = cfg.edit_score.jpeg_quality, cfg.edit_score.max_pixels
     templates = [load_template(n) for n in TEMPLATES[judge]]
     requests = []
-    for row in mf.read_table(inputs).to_pylist():
+    for row in storage.read_table(inputs).to_pylist():
         ((src, tgt),) = read_edit_frames(row["source_uri"], row["target_uri"], [0], is_video=False, max_pixels=max_pixels)
         source, target = encode_jpeg(src, quality), encode_jpeg(tgt, quality)
         for t in templates:
@@ -216,7 +217,7 @@ class InstantBackend:
 
     def __init__(self, judge: str):
         from curation.backends.vlm import VLMReply, VLMUsage, parse_reply
-        from curation.prompting import load_template
+        from curation.prompts.templates import load_template
 
         raw = json.dumps(ANSWERS[judge])
         parsed = {load_template(n).schema: parse_reply(load_template(n).schema, raw)[0] for n in TEMPLATES[judge]}
@@ -231,11 +232,11 @@ def stage_cpu(judge: str, inputs: str, cfg, batch: int) -> dict[str, float]:
     processes on the machine do not count): the whole `EditScore.__call__` on the run's batches
     with an instant backend, and the two parts of it that grow with the images and the prompt."""
     from curation.media.edit_media import read_edit_frames
-    from curation.prompting import load_template
+    from curation.prompts.templates import load_template
 
     stage = build_stage("edit_score", cfg)
     stage._backend, stage._ready = InstantBackend(judge), True  # skip setup(): no client, no server
-    table = mf.read_table(inputs)
+    table = storage.read_table(inputs)
     rows = table.to_pylist()
     templates = [load_template(n) for n in TEMPLATES[judge]]
 
@@ -291,7 +292,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from curation.ray_env import init_ray
+    from curation.core.ray_env import init_ray
 
     init_ray(compose([]).cluster)
     results = []

@@ -14,8 +14,9 @@ import asyncio
 import json
 import multiprocessing as mp
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 
 async def _serve(port_out: Any, stop: Any, times_out: Any, answer: str, latency: float) -> None:
@@ -49,7 +50,7 @@ async def _serve(port_out: Any, stop: Any, times_out: Any, answer: str, latency:
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
     port_out.send(server.sockets[0].getsockname()[1])
-    while not stop.is_set():
+    while not stop.is_set():  # noqa: ASYNC110 - `stop` is a multiprocessing.Event set by another process
         await asyncio.sleep(0.05)
     server.close()
     times_out.send(times)

@@ -1,8 +1,8 @@
 """The trainer's streaming loader (curation/train/data.py) against raw tar iteration of the same shards.
 
 Shards: written with the shard stage's own member and tar code (`sample_members`, `write_tar`) from
-real media in ../shared/media: every photo as a pair (source and target: neighbouring photos),
-each video's first `--clip-frames` frames as a triplet (src.mp4 and tgt.mp4 re-encoded to H.264),
+the media bundled in the repository (examples/media, tests/data): every photo as a pair (source
+and target: neighbouring photos), each video's first `--clip-frames` frames as a triplet (src.mp4 and tgt.mp4 re-encoded to H.264),
 and sessions of 4 JPEG frames from each video. `--repeat` copies the set under new keys.
 
 Measured, in the same run:
@@ -32,10 +32,9 @@ import av
 import numpy as np
 from PIL import Image
 
-from curation.shards import MediaOptions, sample_members, write_tar
+from curation.shards.writer import MediaOptions, sample_members, write_tar
 from curation.train.data import DataConfig, build_loader
 
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 VIDEO_SUFFIXES = {".mp4", ".mkv"}
 
 
@@ -53,8 +52,10 @@ def _session_frames(path: Path, count: int) -> list[bytes]:
 
 
 def build_shards(out: Path, clip_frames: int, repeat: int) -> dict[str, int]:
-    photos = sorted(p for p in (MEDIA / "images").rglob("*") if p.suffix.lower() in {".jpg", ".png"})
-    videos = sorted(p for p in (MEDIA / "videos").rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+    import bundled  # bench/, the script's own directory
+
+    photos = bundled.images()
+    videos = sorted(p for p in bundled.videos().values() if p.suffix.lower() in VIDEO_SUFFIXES)
     media = MediaOptions(max_frames=clip_frames, crf=23)
     base: list[tuple[str, dict[str, bytes]]] = []
     for i, photo in enumerate(photos):

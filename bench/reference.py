@@ -2,10 +2,10 @@
 
     python bench/reference.py [--media DIR] [--per-video 6] [--repeat 2] [--rounds 5] [--png-level 1] [--naive]
 
-Real frames: every image under DIR/images (skimage, OpenCV samples, film frames) and `--per-video`
-frames of each video under examples/media, stored as JPEG (quality 95) as `ground_edit` stores the
-target's first frame. Each frame gets two masks derived from its content, stored as PNG as
-`ground_edit` stores them:
+Real frames: every bundled photo (skimage, OpenCV samples; with `--media DIR`, every image under
+DIR/images instead) and `--per-video` frames of each video under examples/media, stored as JPEG
+(quality 95) as `ground_edit` stores the target's first frame. Each frame gets two masks derived
+from its content, stored as PNG as `ground_edit` stores them:
   region: the largest connected component of an Otsu threshold (bright or dark side, whichever is
           smaller), closed and filled: a ragged object-like region;
   box:    a centred detection-style rectangle over half the width and 70 % of the height (a
@@ -36,19 +36,32 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from curation.media.jpeg import encode_jpeg  # noqa: E402
 from frames import spread_frames  # noqa: E402  (bench/, the script's own directory)
-from curation.reference_composite import PNG_COMPRESSION, PNG_STRATEGY, background_reference, cutout_reference, encode_reference_png  # noqa: E402
-from curation.roe import box_mask, decode_mask_png, encode_mask_png  # noqa: E402
+
+from curation.backends.references.composite import (  # noqa: E402
+    PNG_COMPRESSION,
+    PNG_STRATEGY,
+    background_reference,
+    cutout_reference,
+    encode_reference_png,
+)
+from curation.media.jpeg import encode_jpeg  # noqa: E402
+from curation.regions.roe import box_mask, decode_mask_png, encode_mask_png  # noqa: E402
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 NAIVE = "background, full-res inpaint"
 
 
-def real_frames(media: Path, videos: Path, per_video: int) -> list[np.ndarray]:
-    """RGB uint8: all shared images (grayscale ones as 3 channels), then frames spread over each video."""
+def real_frames(media: Path | None, videos: Path, per_video: int) -> list[np.ndarray]:
+    """RGB uint8: all the photos (grayscale ones as 3 channels), then frames spread over each video."""
+    if media is None:
+        import bundled
+
+        photos = bundled.images()
+    else:
+        photos = sorted(p for p in (media / "images").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     frames = []
-    for path in sorted(p for p in (media / "images").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in photos:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is not None:
             frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
@@ -89,7 +102,7 @@ def best_of(work: Callable[[], int], repeat: int, rounds: list[float]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--media", type=Path, default=REPO.parent / "shared" / "media", help="holds images/ (shared real media)")
+    parser.add_argument("--media", type=Path, default=None, help="holds images/ (default: the bundled photos)")
     parser.add_argument("--videos", type=Path, default=REPO / "examples" / "media")
     parser.add_argument("--per-video", type=int, default=6, help="frames taken from each video")
     parser.add_argument("--repeat", type=int, default=2, help="passes over all (frame, mask) pairs per round")
@@ -102,7 +115,8 @@ def main() -> int:
 
     frames = real_frames(args.media, args.videos, args.per_video)
     if not frames:
-        print(f"no images under {args.media / 'images'} or videos under {args.videos}", file=sys.stderr)
+        print(f"no images under {args.media / 'images' if args.media else 'the bundled media'} or videos under {args.videos}",
+              file=sys.stderr)
         return 1
     jpegs = [encode_jpeg(f, 95) for f in frames]
     masks = {"region": [encode_mask_png(region_mask(f)) for f in frames], "box": [encode_mask_png(centre_box_mask(f)) for f in frames]}
@@ -137,7 +151,8 @@ def main() -> int:
     print(f"frames: {len(frames)} real ({len(sizes)} sizes, {sizes[0][0]}x{sizes[0][1]} .. {sizes[-1][0]}x{sizes[-1][1]}), "
           f"JPEG q95; masks: region (mean {fracs['region']:.0%} of the frame) and box ({fracs['box']:.0%}), "
           f"{len(pairs)} references per pass")
-    print(f"PNG level {level} strategy {PNG_STRATEGY}, cv2 threads {cv2.getNumThreads()}, best of {args.rounds} rounds x {args.repeat} passes")
+    print(f"PNG level {level} strategy {PNG_STRATEGY}, cv2 threads {cv2.getNumThreads()}, best of {args.rounds} rounds x "
+          f"{args.repeat} passes")
     floor_s = per_ref["floor (decode + PNG)"]
     print(f"{'':30} {'ms/ref':>8} {'refs/s':>8} {'ratio':>6} {'KiB/ref':>8}")
     for name in kinds:

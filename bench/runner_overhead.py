@@ -24,20 +24,26 @@ sys.path.insert(0, str(REPO))
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", default="sample_frames")
-    parser.add_argument("--videos", default=str(REPO.parent / "shared" / "media" / "videos"))
+    parser.add_argument("--videos", default=None, help="directory of videos (default: the bundled media)")
     parser.add_argument("--repeat", type=int, default=4, help="list the videos this many times (more work per run)")
     args = parser.parse_args()
 
-    from curation import manifest as mf
-    from curation.config import build_stage, compose
-    from curation.ray_env import init_ray
-    from curation.runner import plan_fragments, run_map_stage, run_stage, stage_dir_for
+    from curation.core import storage
+    from curation.core.config import build_stage, compose
+    from curation.core.layout import stage_dir_for
+    from curation.core.ray_env import init_ray
+    from curation.core.runner import plan_fragments, run_map_stage, run_stage
 
     work = Path(tempfile.mkdtemp(prefix="curate-bench-"))
     try:
         src = work / "src"
         src.mkdir()
-        videos = sorted(p for p in Path(args.videos).rglob("*") if p.suffix in {".mp4", ".mkv"})
+        if args.videos:
+            videos = sorted(p for p in Path(args.videos).rglob("*") if p.suffix in {".mp4", ".mkv"})
+        else:
+            import bundled
+
+            videos = sorted(bundled.videos().values())
         for r in range(args.repeat):
             for v in videos:
                 (src / f"{r}-{v.name}").symlink_to(v)
@@ -51,10 +57,10 @@ def main() -> None:
             stage_dir = stage_dir_for(str(run_dir), name, position)
             run_stage(name, cfg, prev, stage_dir)
             prev = stage_dir
-        inputs = mf.list_files(prev, prefix="part-", suffix=".parquet")
+        inputs = storage.list_files(prev, prefix="part-", suffix=".parquet")
         import pyarrow.compute as pc
 
-        rows = sum(pc.sum(pc.equal(mf.read_table(u, columns=["status"]).column("status"), "ok")).as_py() for u in inputs)
+        rows = sum(pc.sum(pc.equal(storage.read_table(u, columns=["status"]).column("status"), "ok")).as_py() for u in inputs)
 
         # (a) baseline: the same stage object in a plain loop, one process, doing the same job:
         # read each input fragment, run the stage on its ok rows, write the output fragment.
@@ -63,9 +69,9 @@ def main() -> None:
         t0 = time.perf_counter()
         stage.ensure_setup()
         for uri in inputs:
-            table = mf.read_table(uri)
+            table = storage.read_table(uri)
             out = stage(table.filter(pc.equal(table.column("status"), "ok")))
-            mf.write_table_atomic(out, str(loop_dir / uri.rsplit("/", 1)[1]))
+            storage.write_table_atomic(out, str(loop_dir / uri.rsplit("/", 1)[1]))
         baseline = time.perf_counter() - t0
 
         # (b) the runner: Ray Data, 1-worker actor pool, fragments written atomically

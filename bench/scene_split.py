@@ -2,7 +2,8 @@
 
     python bench/scene_split.py [--videos DIR] [--ground-truth FILE] [--workers 2]
 
-In one run, over every video under DIR:
+In one run, over every video under DIR (default: the videos bundled in the repository and the ones
+the tests build from them: variable frame rate, rotation, and the whip-pan hard negative):
   (a) the `scenedetect` CLI, one process per video as people run it: `detect-content list-scenes`;
   (b) our detection (`curation.media.shots`) with the same ContentDetector settings, in a pool of
       `--workers` processes (also timed in one process, to separate parallelism from the rest);
@@ -30,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_VIDEOS = REPO.parent / "shared" / "media" / "videos"
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v"}
 
 _detectors: dict[str, object] = {}  # per worker process: detector name -> ShotDetector
@@ -47,7 +47,7 @@ def _init_worker() -> None:
 
 def _detector(name: str):
     if name not in _detectors:
-        from curation.config import build_stage
+        from curation.core.config import build_stage
 
         stage = build_stage("scene_split", overrides=[f"scene_split.detector={name}", "scene_split.transnet_device=cpu"])
         _detectors[name] = stage.make_detector()
@@ -97,9 +97,9 @@ def runner_scene_split(videos: list[Path], repeat: int, copies: int = 1) -> floa
     """Best wall time of the real `scene_split` stage through the runner (Ray Data, actor pool of 2)
     with the content detector; ingest runs first, untimed. Ray is started before the clock, as a
     long-lived cluster would be; actor start-up (imports, detector setup) is inside it."""
-    from curation.config import compose
-    from curation.ray_env import init_ray
-    from curation.runner import run_stage
+    from curation.core.config import compose
+    from curation.core.ray_env import init_ray
+    from curation.core.runner import run_stage
 
     best = float("inf")
     with tempfile.TemporaryDirectory() as tmp:
@@ -186,20 +186,32 @@ def timed_map(pool: ProcessPoolExecutor, fn, jobs: list[tuple]) -> tuple[list[di
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="directory of videos (searched recursively)")
-    parser.add_argument("--ground-truth", type=Path, default=None, help="ground_truth.json (default: DIR/../ground_truth.json)")
+    parser.add_argument("--videos", type=Path, default=None,
+                        help="directory of videos, searched recursively (default: the bundled and built test videos)")
+    parser.add_argument("--ground-truth", type=Path, default=None,
+                        help="ground_truth.json (default: DIR/../ground_truth.json; the tests' truth for the default videos)")
     parser.add_argument("--workers", type=int, default=2, help="processes for our detection and the bare decode")
     parser.add_argument("--copies", type=int, default=4, help="(d) also runs the stage on every video listed this many times")
     parser.add_argument("--repeat", type=int, default=2, help="rounds of (a), (b), (c), interleaved; the fastest of each is kept")
     args = parser.parse_args()
-    gt_path = args.ground_truth or args.videos.parent / "ground_truth.json"
-    truth = {v["file"]: v for v in json.loads(gt_path.read_text())["videos"]} if gt_path.exists() else {}
-    videos = sorted(p for p in args.videos.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+    if args.videos:
+        gt_path = args.ground_truth or args.videos.parent / "ground_truth.json"
+        truth = {v["file"]: v for v in json.loads(gt_path.read_text())["videos"]} if gt_path.exists() else {}
+        videos = sorted(p for p in args.videos.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+        names = {str(v): str(v.relative_to(args.videos)) for v in videos}
+    else:
+        import bundled  # bench/, the script's own directory
+
+        truth = bundled.ground_truth(built=True)
+        if args.ground_truth:
+            truth = {v["file"]: v for v in json.loads(args.ground_truth.read_text())["videos"]}
+        names = {str(path): name for name, path in bundled.videos(built=True).items()}
+        videos = sorted(map(Path, names))
+    source = args.videos or "the bundled and built test videos"
     if not videos:
-        print(f"no videos under {args.videos}", file=sys.stderr)
+        print(f"no videos under {source}", file=sys.stderr)
         return 1
     scenedetect = shutil.which("scenedetect", path=os.path.dirname(sys.executable)) or shutil.which("scenedetect")
-    names = {str(v): str(v.relative_to(args.videos)) for v in videos}
     probed = {str(v): _probe(str(v)) for v in videos}
     geometry = {v: g for v, (g, _) in probed.items()}
 
@@ -239,7 +251,7 @@ def main() -> int:
     ours = dict(zip(order, ours_list))
     frames = sum(r["frames"] for r in ours_list)
     assert frames == sum(r["frames"] for r in bare_list), "bare decode saw a different number of frames"
-    print(f"videos: {len(videos)} under {args.videos}, {frames} frames, workers={args.workers}, cores={os.cpu_count()}, "
+    print(f"videos: {len(videos)} under {source}, {frames} frames, workers={args.workers}, cores={os.cpu_count()}, "
           f"best of {args.repeat} rounds")
     print(f"machine: {args.workers} busy processes get {args.workers * one / many:.2f}x the CPU of one (ideal {args.workers}x)")
     print(f"(a) scenedetect CLI detect-content    {cli_s:7.2f} s  {frames / cli_s:7.0f} frames/s  (one process per video, sequential)")
@@ -266,7 +278,7 @@ def main() -> int:
         half_frame = 0.5 / geometry[v]["fps"]
         agree = len(cli[v]) == len(r["cuts"]) and all(abs(times[c] - t) < half_frame for c, t in zip(r["cuts"], cli[v]))
         all_agree &= agree
-        print(f"  {'agree' if agree else 'DIFFER':6} {names[v]:45} {str(tuple(r['size'])):11} ours {r['cuts']}  cli {cli_idx}")
+        print(f"  {'agree' if agree else 'DIFFER':6} {names[v]:45} {tuple(r['size'])!s:11} ours {r['cuts']}  cli {cli_idx}")
     print(f"  all agree: {all_agree}")
 
     if truth:

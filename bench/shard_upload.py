@@ -1,7 +1,7 @@
 """Shard upload to an S3-protocol server on loopback against shard writes to local disk.
 
 The shard stage writes each tar to a local temp file with `write_tar`, then either renames it into
-a local shards dir or uploads it with `curation.manifest.upload_file` (retries, 16 MiB parts). This
+a local shards dir or uploads it with `curation.core.storage.upload_file` (retries, 16 MiB parts). This
 times both paths on the same tars, in the same run:
   local - write_tar + os.replace into a local directory (what a local run does)
   s3    - write_tar + upload_file to s3:// on a moto server on 127.0.0.1 (what a run with an
@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from curation import manifest as mf
-from curation.shards import write_tar
+from curation.core import storage
+from curation.shards.writer import write_tar
 
 MEMBER_BYTES = 512 << 10
 
@@ -47,7 +47,7 @@ def write_s3(tmp: Path, uri: str, payload: list, name: str) -> int:
     write_tar(str(part), payload)
     size = part.stat().st_size
     try:
-        mf.upload_file(str(part), f"{uri}/{name}")
+        storage.upload_file(str(part), f"{uri}/{name}")
     finally:
         part.unlink()
     return size

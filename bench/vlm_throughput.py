@@ -31,11 +31,12 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from latency_server import latency_server  # noqa: E402
 
-from curation import manifest as mf  # noqa: E402
-from curation.config import compose  # noqa: E402
-from curation.runner import run  # noqa: E402
+from curation.core import storage  # noqa: E402
+from curation.core.config import compose  # noqa: E402
+from curation.core.runner import run  # noqa: E402
+from curation.core.schema import SampleRow, arrow_schema  # noqa: E402
 from curation.media.jpeg import encode_jpeg  # noqa: E402
-from stages.sample_frames import SampleFramesColumns  # noqa: E402
+from curation.stages.sample_frames import SampleFramesColumns  # noqa: E402
 
 ANSWER = {
     "frame1_caption": {"scene": "a street", "obj1": "a white car"},
@@ -52,7 +53,7 @@ ANSWER = {
 def write_sessions(directory: Path, count: int, per_fragment: int = 256) -> str:
     """`count` two-frame sessions (one annotation each) of small distinct JPEGs."""
     rng = np.random.default_rng(0)
-    schema = mf.arrow_schema(mf.SampleRow, SampleFramesColumns)
+    schema = arrow_schema(SampleRow, SampleFramesColumns)
     rows = []
     for i in range(count):
         frames = [encode_jpeg(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), 80) for _ in range(2)]
@@ -60,7 +61,7 @@ def write_sessions(directory: Path, count: int, per_fragment: int = 256) -> str:
                          stage="sample_frames", stage_version="1", frames=frames, frame_width=64, frame_height=48))
     for start in range(0, count, per_fragment):
         table = pa.Table.from_pylist(rows[start:start + per_fragment], schema=schema)
-        mf.write_table_atomic(table, str(directory / f"part-{start // per_fragment:05d}.parquet"))
+        storage.write_table_atomic(table, str(directory / f"part-{start // per_fragment:05d}.parquet"))
     return str(directory)
 
 
@@ -97,9 +98,9 @@ def measure(in_flight: int, latency: float, seconds: float, work: Path, waves: i
 def direct(in_flight: int, latency: float, seconds: float) -> float:
     """The same requests through the backend alone in this process (no Ray, no manifests):
     the client's own ceiling on this machine."""
-    from curation.annotation import TransitionAnnotation
     from curation.backends.vlm import VLMConfig, VLMRequest, make_vlm
-    from curation.prompting import load_template
+    from curation.prompts.templates import load_template
+    from curation.prompts.transition import TransitionAnnotation
 
     count = max(4 * in_flight, int(in_flight / latency * seconds))
     rng = np.random.default_rng(1)
@@ -126,7 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from curation.ray_env import init_ray
+    from curation.core.ray_env import init_ray
 
     init_ray(compose([]).cluster)
     with tempfile.TemporaryDirectory(prefix="vlm-bench-") as tmp:

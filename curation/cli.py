@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import pyarrow.compute as pc
 import typer
 from omegaconf import OmegaConf
 
-from curation import manifest as mf
-from curation.config import GROUPS, ConfigError, compose, groups, pipelines
-from curation.runinfo import count_outcomes
-from curation.stage import registry
-from curation.summary import console, funnel, funnel_table, outcome_table
+from curation.core import layout, storage
+from curation.core.config import ConfigError, compose, group_specs, groups, pipelines
+from curation.core.runinfo import count_outcomes
+from curation.core.stage import registry
+from curation.core.summary import console, funnel, funnel_table, outcome_table
 
 app = typer.Typer(
     help="curate: turn raw videos, image pairs and edit triplets into WebDataset training shards.\n\n"
@@ -23,7 +23,25 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every subcommand
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from curation import __version__
+
+        typer.echo(f"curate {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print curate's version and exit"),
+) -> None:
+    """Options of `curate` itself (the app's help text is Typer's help= above)."""
+
 
 RUN_HELP = """Run one stage or a whole pipeline. Arguments are `key=value` overrides:
 
@@ -41,16 +59,16 @@ Rerunning the same command skips finished fragments; retry_errors=true redoes on
 
 @app.command(help=RUN_HELP, context_settings={"allow_extra_args": True})
 def run(
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides", show_default=False),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides", show_default=False),
     print_config: bool = typer.Option(False, "--print-config", help="print the resolved config and exit"),
 ) -> None:
-    from curation.runner import run as run_config
+    from curation.core.runner import run as run_config
 
     try:
         cfg = compose(overrides or [])
     except (ConfigError, KeyError) as e:
         console.print(f"[red]config error:[/red] {e}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     if print_config:
         typer.echo(OmegaConf.to_yaml(cfg))
         return
@@ -58,11 +76,11 @@ def run(
         run_config(cfg)
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 @app.command()
-def stages(name: Optional[str] = typer.Argument(None, help="show only this stage")) -> None:
+def stages(name: str | None = typer.Argument(None, help="show only this stage")) -> None:
     """List stages with their one-line docs and options (defaults from curation/config/stage/*.yaml)."""
     cfg = compose([])  # resolved defaults: some stage keys point at run-level ones (`vlm: ${vlm}`)
     for stage_name, cls in registry().items():
@@ -82,14 +100,12 @@ def stages(name: Optional[str] = typer.Argument(None, help="show only this stage
         stages_list = OmegaConf.load(path).get("stages", [])
         typer.echo(f"    {pipe_name}: {' -> '.join(stages_list)}")
     typer.secho("config groups (select with key=<name>)", bold=True)
-    for group in GROUPS:
+    for group in group_specs():
         typer.echo(f"    {group}: {', '.join(groups(group))}  (files in curation/config/{group}/)")
 
 
 def _stage_dirs(run_dir: str) -> list[str]:
-    from curation.runner import stage_dirs
-
-    dirs = stage_dirs(run_dir)
+    dirs = layout.stage_dirs(run_dir)
     if not dirs:
         console.print(f"[red]error:[/red] {run_dir} holds no stage outputs (NN-<stage>/ directories)")
         raise typer.Exit(2)
@@ -101,10 +117,10 @@ def status(run_dir: str = typer.Argument(..., help="a run directory (the output=
     """Per-stage counts by status and by drop/error reason, with wall time and throughput."""
     rows = []
     for d in _stage_dirs(run_dir):
-        stage_dir = mf.join(run_dir, d)
+        stage_dir = storage.join(run_dir, d)
         counts = count_outcomes(stage_dir)
-        run_json = mf.join(stage_dir, "_run.json")
-        info: dict[str, Any] = mf.read_json(run_json) if mf.exists(run_json) else {}
+        run_json = layout.run_json(stage_dir)
+        info: dict[str, Any] = storage.read_json(run_json) if storage.exists(run_json) else {}
         label = d if info else f"{d} (incomplete)"
         rows.append((label, counts, {"processed": info.get("processed_total", ""), "wall_s": info.get("wall_s"),
                                      "samples_per_s": info.get("samples_per_s")}))
@@ -131,12 +147,12 @@ def _printable(row: dict[str, Any]) -> dict[str, Any]:
 def _find(run_dir: str, dirs: list[str], sample_id: str) -> tuple[str, dict[str, Any]] | None:
     """The newest stage row for `sample_id` (also looks at the ingest source listing)."""
     for d in reversed(dirs):
-        for where in (mf.join(run_dir, d), mf.join(run_dir, d, "_input")):
-            if not mf.list_files(where, prefix="part-", suffix=".parquet"):
+        for where in (storage.join(run_dir, d), layout.input_dir(storage.join(run_dir, d))):
+            if not layout.manifest_parts(where):
                 continue
-            table = mf.read_table(where, filter=pc.field("sample_id") == sample_id)
+            table = storage.read_table(where, filter=pc.field("sample_id") == sample_id)
             if table.num_rows:
-                return (d if where.endswith(d) else f"{d}/_input"), table.to_pylist()[-1]
+                return (d if where.endswith(d) else f"{d}/{layout.INPUT_DIR}"), table.to_pylist()[-1]
     return None
 
 
@@ -144,9 +160,9 @@ def _statuses(run_dir: str, dirs: list[str], sample_id: str) -> list[tuple[str, 
     """(stage dir, status) of every stage whose manifest holds `sample_id`, oldest first."""
     out = []
     for d in dirs:
-        where = mf.join(run_dir, d)
-        if mf.list_files(where, prefix="part-", suffix=".parquet"):
-            table = mf.read_table(where, columns=["status"], filter=pc.field("sample_id") == sample_id)
+        where = storage.join(run_dir, d)
+        if layout.manifest_parts(where):
+            table = storage.read_table(where, columns=["status"], filter=pc.field("sample_id") == sample_id)
             out.extend((d, status) for status in table.column("status").to_pylist()[-1:])
     return out
 
@@ -188,7 +204,7 @@ def show(
 @app.command()
 def report(
     run_dir: str = typer.Argument(..., help="a run directory (the output= of `curate run`)"),
-    out: Optional[str] = typer.Option(None, "--out", help="where to write index.html and the PNGs [default: RUN_DIR/report]"),
+    out: str | None = typer.Option(None, "--out", help="where to write index.html and the PNGs [default: RUN_DIR/report]"),
 ) -> None:
     """Write a static, shareable report: the funnel by stage and drop reason, score histograms with
     their thresholds, category and duration distributions, API tokens and cost, wall time per stage."""
@@ -204,7 +220,7 @@ def browse(
     run_dir: str = typer.Argument(..., help="a run directory (the output= of `curate run`)"),
     port: int = typer.Option(8765, help="port to listen on"),
     host: str = typer.Option("127.0.0.1", help="address to bind; anything but loopback requires a token"),
-    token: Optional[str] = typer.Option(None, help="token for a non-loopback host [default: random, or $CURATE_BROWSE_TOKEN]"),
+    token: str | None = typer.Option(None, help="token for a non-loopback host [default: random, or $CURATE_BROWSE_TOKEN]"),
 ) -> None:
     """Browse a run in a local, read-only web app: the funnel (click a drop reason to see its samples),
     the sample table with filters and instruction search, each sample's frames with region-of-edit
@@ -235,7 +251,7 @@ def _train_help() -> str:
 
 
 @app.command(help=_train_help(), context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train(overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides", show_default=False)) -> None:
+def train(overrides: list[str] | None = typer.Argument(None, help="key=value overrides", show_default=False)) -> None:
     from curation.train.cli import main as train_main
 
     code = train_main(overrides or [])

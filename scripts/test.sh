@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite (unit + end-to-end on real media through local Ray). Extra args go to pytest.
+# Lint (ruff) then the whole test suite (unit + end-to-end on real media through local Ray).
+# Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Lint first: a violation fails the run before any test starts ([tool.ruff] in pyproject.toml).
+.venv/bin/ruff check .
 # tests/test_browse.py drives Debian's Chromium (/usr/bin/chromium) with Playwright, which downloads
 # no browser of its own. Install it where apt-get can (root or passwordless sudo).
 if [ ! -x /usr/bin/chromium ] && [ "${CURATE_SKIP_BROWSER:-0}" != 1 ]; then

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from curation.annotation import Turn
 from curation.backends.vlm import VLMError, VLMReply, VLMRequest, VLMUsage
-from curation.camera import normalize_camera
-from curation.manifest import rows_to_table
-from curation.prompting import PromptTemplate, load_template
-from curation.vlm_stage import VLMStage
+from curation.core.stage import ModelRef, Row
+from curation.labels.camera import normalize_camera
+from curation.prompts.templates import PromptTemplate, load_template
+from curation.prompts.transition import Turn
+from curation.stages.base.vlm import VLMStage
 
 
 class AnnotateColumns(BaseModel):
-    turns: list[Turn] | None = Field(None, description="one entry per adjacent frame pair: instruction, camera label, annotation JSON or the error")
+    turns: list[Turn] | None = Field(None, description="one entry per adjacent frame pair: instruction, camera label, annotation "
+                                                       "JSON or the error")
     vlm_usage: VLMUsage | None = Field(None, description="VLM requests, cache hits, tokens and estimated USD spent on this session")
 
 
@@ -35,7 +35,8 @@ class Annotate(VLMStage):
     version: ClassVar[str] = "1"
     Columns: ClassVar[type[BaseModel]] = AnnotateColumns
 
-    template: str = Field("transition_annotation", description="prompt template name (prompts/); its hash is in the cache key and _run.json")
+    template: str = Field("transition_annotation",
+                          description="prompt template name (prompts/); its hash is in the cache key and _run.json")
     caption_column: str | None = Field("caption", description="source column whose text fills the template's caption slot when present")
     min_valid_turns: int = Field(1, ge=1, description="sessions with fewer valid turns are dropped (reason no_valid_turn)")
 
@@ -45,13 +46,12 @@ class Annotate(VLMStage):
     def templates(self) -> list[PromptTemplate]:
         return [self.prompt()]
 
-    def model_ids(self) -> dict[str, str]:
-        return {"vlm": super().model_ids()["vlm"], "prompt": self.prompt().version}
+    def models(self) -> dict[str, ModelRef]:
+        return {"vlm": super().models()["vlm"], "prompt": ModelRef(id=self.prompt().version)}
 
     # ---- work ------------------------------------------------------------------------------
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def process_batch(self, rows: list[Row]) -> list[Row]:
         template = self.prompt()
-        rows = batch.to_pylist()
         pairs = [(r, k) for r, row in enumerate(rows) for k in range(max(0, len(row.get("frames") or []) - 1))]
         captions = [self._caption(row) for row in rows]
 
@@ -72,7 +72,7 @@ class Annotate(VLMStage):
             if isinstance(reply, VLMError):
                 failures[r].append(reply.reason)
         out = [self._session_row(row, turns[r], failures[r], usage[r]) for r, row in enumerate(rows)]
-        return rows_to_table(out, self.output_schema(batch.schema))
+        return out
 
     def _caption(self, row: dict[str, Any]) -> str | None:
         value = row.get(self.caption_column) if self.caption_column else None
@@ -81,15 +81,15 @@ class Annotate(VLMStage):
     def _session_row(self, row: dict[str, Any], turns: list[Turn], failures: list[str], usage: VLMUsage) -> dict[str, Any]:
         columns = {"turns": [t.model_dump() for t in turns], "vlm_usage": usage.model_dump()}
         if not turns:
-            return {**self.error_row(row, "no_pairs: a session needs at least two frames", "dropped"), **columns}
+            return self.error_row(row, "no_pairs: a session needs at least two frames", "dropped", **columns)
         if failures:
             # Transient or budget failures: retryable, so the session is an error, not a drop.
-            return {**self.error_row(row, f"{failures[0]} ({len(failures)} of {len(turns)} turns)"), **columns}
+            return self.error_row(row, f"{failures[0]} ({len(failures)} of {len(turns)} turns)", **columns)
         valid = sum(t.annotation is not None for t in turns)
         if valid < self.min_valid_turns:
             first = next(t.error for t in turns if t.error)
             reason = f"no_valid_turn: {valid} of {len(turns)} turns validated; first error {first}"
-            return {**self.error_row(row, reason, "dropped"), **columns}
+            return self.error_row(row, reason, "dropped", **columns)
         return self.enrich(row, **columns)
 
 

@@ -26,11 +26,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from curation import manifest as mf
-from curation.dedup import CellTask, PairBlock, SearchConfig, best_first, deduplicate, find_leakage, local_map
-from curation.embedding_stage import EmbeddingColumns, EmbeddingStage, embedding_matrix
-from curation.reference_set import load_reference_set
-from curation.stage import Resources
+from curation.core import layout, storage
+from curation.core.schema import scores_of
+from curation.core.stage import Threshold
+from curation.dedup.reference_set import load_reference_set
+from curation.dedup.search import CellTask, PairBlock, SearchConfig, best_first, deduplicate, find_leakage, local_map
+from curation.stages.base.embedding import EmbeddingColumns, EmbeddingStage, embedding_matrix
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ _SIZE_COLUMNS = (("reference_width", "reference_height"), ("target_width", "targ
 
 class DedupColumns(EmbeddingColumns):
     duplicate_of: str | None = Field(None, description="near_duplicate: the kept sample this one duplicates")
-    duplicate_similarity: float | None = Field(None, description="near_duplicate: cosine to the kept sample (1.0 for pixel-identical copies)")
+    duplicate_similarity: float | None = Field(None, description="near_duplicate: cosine to the kept sample (1.0 for "
+                                                                 "pixel-identical copies)")
     duplicate_group_size: int | None = Field(None, description="members of this sample's near-duplicate group (1: unique)")
     leakage_of: str | None = Field(None, description="leakage: the held-out sample it matches")
     leakage_similarity: float | None = Field(None, description="leakage: cosine to that held-out sample")
@@ -63,21 +65,25 @@ class Dedup(EmbeddingStage):
     keep_by: list[str] = Field(default_factory=lambda: ["scores.edit_score", "scores.reference_score", "resolution"],
                                description="what makes a group's best member, in order, higher first: scores.<name>, "
                                "resolution (width*height of the represented image) or any numeric column; ties: sample_id")
-    reference_set: str | None = Field(None, description="held-out manifest dir or WebDataset shards; samples near one are dropped as leakage")
+    reference_set: str | None = Field(None, description="held-out manifest dir or WebDataset shards; samples near one are dropped "
+                                                        "as leakage")
     leakage_threshold: float | None = Field(None, gt=0, le=1, description="leakage at cosine >= this; null: `threshold`")
-    search: SearchConfig = Field(default_factory=SearchConfig, description="how pairs are searched (exact below a size switch, k-means cells above)")
+    search: SearchConfig = Field(default_factory=SearchConfig, description="how pairs are searched (exact below a size switch, "
+                                                                           "k-means cells above)")
     ray_tasks: bool = Field(True, description="run the cell search above the size switch as Ray tasks when Ray is up")
-    resources: Resources = Field(default_factory=Resources, description="Ray resources per worker")
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return mf.rows_to_table(self.embed_rows(batch.to_pylist(), reuse=True), self.output_schema(batch.schema))
+    reuses_vectors: ClassVar[bool] = True
 
     def near_threshold(self) -> float:
         return self.threshold if self.threshold is not None else self.embedder.default_threshold()
 
+    def thresholds(self) -> list[Threshold]:
+        """The near-duplicate cut, on the similarity column this stage writes."""
+        return [Threshold(score="duplicate_similarity", value=self.near_threshold(), setting="threshold", column=True)]
+
     # ---- the global decision (driver) -------------------------------------------------------
     def finalize(self, stage_dir: str) -> None:
-        parts = mf.list_files(stage_dir, prefix="part-", suffix=".parquet")
+        parts = layout.manifest_parts(stage_dir)
         candidates = self._candidates(parts)
         ids: list[str] = candidates["sample_id"]
         verdicts: dict[str, dict[str, Any]] = {sid: _clean() for sid in ids}
@@ -100,7 +106,7 @@ class Dedup(EmbeddingStage):
         rows: list[dict[str, Any]] = []
         blocks: list[np.ndarray] = []
         for part in parts:
-            table = mf.read_table(part, columns=columns)
+            table = storage.read_table(part, columns=columns)
             keep = [s == "ok" or (s == "dropped" and _verdict(r) is not None)
                     for s, r in zip(table.column("status").to_pylist(), table.column("reason").to_pylist())]
             table = table.filter(pa.array(keep, pa.bool_()))
@@ -119,7 +125,7 @@ class Dedup(EmbeddingStage):
 
     def _leakage(self, vectors: np.ndarray, hashes: list[str | None], ids: list[str],
                  verdicts: dict[str, dict[str, Any]]) -> np.ndarray:
-        held_out = load_reference_set(self.reference_set, lambda rows: self.embed_rows(rows, reuse=True),
+        held_out = load_reference_set(self.reference_set, lambda rows: self.process_batch(rows),
                                       lambda images: self.loaded_embedder().embed_images(images))
         threshold = self.leakage_threshold if self.leakage_threshold is not None else self.near_threshold()
         # Leakage is searched from the training side only; more probes keep its recall at the
@@ -164,7 +170,7 @@ class Dedup(EmbeddingStage):
             return [_resolution(r) for r in rows]
         if key.startswith("scores."):
             name = key.split(".", 1)[1]
-            return [mf.scores_of(r).get(name) for r in rows]
+            return [scores_of(r).get(name) for r in rows]
         return [r.get(key) for r in rows]
 
     def _map_fn(self):
@@ -207,7 +213,7 @@ def _rewrite(parts: list[str], verdicts: dict[str, dict[str, Any]]) -> None:
     """Write each part whose verdict columns change (atomically; unchanged parts are left alone)."""
     names = list(_clean())
     for part in parts:
-        table = mf.read_table(part)
+        table = storage.read_table(part)
         sample_ids = table.column("sample_id").to_pylist()
         if not any(sid in verdicts for sid in sample_ids):
             continue
@@ -225,7 +231,7 @@ def _rewrite(parts: list[str], verdicts: dict[str, dict[str, Any]]) -> None:
             for n in names:
                 table = table.set_column(table.schema.get_field_index(n), table.schema.field(n),
                                          pa.array(current[n], table.schema.field(n).type))
-            mf.write_table_atomic(table, part)
+            storage.write_table_atomic(table, part)
 
 
 def _same(a: Any, b: Any) -> bool:

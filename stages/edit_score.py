@@ -24,15 +24,24 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from curation import manifest as mf
 from curation.backends.vlm import VLMReply, VLMRequest, VLMUsage
-from curation.judging import (EDIT_SCORE, EditJudgement, EditScorePQ, EditScoreSC, aggregate, editscore_subscores,
-                              judgement_subscores, passes)
+from curation.core import layout, storage
+from curation.core.schema import scores_of
+from curation.core.stage import Row, Threshold, failure_reason
 from curation.media.edit_media import pair_frame_indices, read_edit_frames
 from curation.media.jpeg import encode_jpeg
-from curation.prompting import PromptTemplate, load_template
-from curation.stage import Resources, failure_reason
-from curation.vlm_stage import VLMStage, first_failure
+from curation.prompts.judges import (
+    EDIT_SCORE,
+    EditJudgement,
+    EditScorePQ,
+    EditScoreSC,
+    aggregate,
+    editscore_subscores,
+    judgement_subscores,
+    passes,
+)
+from curation.prompts.templates import PromptTemplate, load_template
+from curation.stages.base.vlm import VLMStage, first_failure
 
 CAP_REASON = "stratified_cap"
 
@@ -44,7 +53,8 @@ class FrameJudgement(BaseModel):
 
 
 class EditScoreColumns(BaseModel):
-    scores: dict[str, float] | None = Field(None, description="name -> score; edit_score adds edit_score, edit_success, over_editing, naturalness, artifacts (0-10)")
+    scores: dict[str, float] | None = Field(None, description="name -> score; edit_score adds edit_score, edit_success, "
+                                                              "over_editing, naturalness, artifacts (0-10)")
     edit_judgements: list[FrameJudgement] | None = Field(None, description="per judged frame pair: sub-scores and reasoning")
     vlm_usage: VLMUsage | None = Field(None, description="judge requests, cache hits, tokens and estimated USD spent on this sample")
 
@@ -67,15 +77,16 @@ class EditScore(VLMStage):
     seed: int = Field(0, description="seed of the per-group choice (a hash of seed and sample id)")
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the frames sent to the judge")
     max_pixels: int = Field(1 << 26, gt=0, description="image-bomb guard for source/target images")
-    resources: Resources = Field(default_factory=Resources, description="Ray resources per worker")
 
     def templates(self) -> list[PromptTemplate]:
         names = ["edit_score_sc", "edit_score_pq"] if self.judge == "editscore" else ["edit_judge"]
         return [load_template(n) for n in names]
 
+    def thresholds(self) -> list[Threshold]:
+        return [Threshold(score=EDIT_SCORE, value=self.threshold, setting="threshold")]
+
     # ---- work ------------------------------------------------------------------------------
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
+    def process_batch(self, rows: list[Row]) -> list[Row]:
         out: dict[int, dict[str, Any]] = {}
         judged: dict[int, list[tuple[int, bytes, bytes]]] = {}  # row -> (frame, source JPEG, target JPEG)
         for r, row in enumerate(rows):
@@ -102,7 +113,7 @@ class EditScore(VLMStage):
             spent = sum((usage[i] for i in idx), VLMUsage())
             out[r] = self._judged_row(rows[r], judged[r], [questions[i] for i in idx], [replies[i] for i in idx], spent)
         ordered = [out[r] for r in range(len(rows))]
-        return mf.rows_to_table(ordered, self.output_schema(batch.schema))
+        return ordered
 
     def _frames(self, row: dict[str, Any]) -> list[tuple[int, bytes, bytes]]:
         is_video = row.get("edit_kind", row["kind"]) == "triplet"
@@ -128,10 +139,10 @@ class EditScore(VLMStage):
         columns: dict[str, Any] = {"vlm_usage": usage.model_dump()}
         failure = first_failure(replies)
         if failure:  # transport or budget: retryable, so an error, not a drop
-            return {**self.error_row(row, failure), **columns}
+            return self.error_row(row, failure, **columns)
         invalid = next((r.error for r in replies if isinstance(r, VLMReply) and r.parsed is None), None)
         if invalid:
-            return {**self.error_row(row, f"judge_unparseable: {invalid}", "dropped"), **columns}
+            return self.error_row(row, f"judge_unparseable: {invalid}", "dropped", **columns)
         answers = {(f, p, q): reply.parsed for (_, f, p, q), reply in zip(questions, replies)}
         judgements = []
         for f, (frame, _, _) in enumerate(pairs):
@@ -140,22 +151,20 @@ class EditScore(VLMStage):
             reasoning = " | ".join(answers[(f, 0, q)].reasoning for q in range(len(self.templates())))
             judgements.append(FrameJudgement(frame=frame, scores=scores, reasoning=reasoning))
         combined = {name: aggregate([j.scores[name] for j in judgements], self.aggregate) for name in judgements[0].scores}
-        columns.update(scores={**mf.scores_of(row), **combined}, edit_judgements=[j.model_dump() for j in judgements])
+        columns.update(scores={**scores_of(row), **combined}, edit_judgements=[j.model_dump() for j in judgements])
         score = combined[EDIT_SCORE]
         if not passes(score, self.threshold, self.inclusive):
             keep = ">=" if self.inclusive else ">"
-            return {**self.error_row(row, f"edit_score_below_threshold: {score:.2f} (keep {keep} {self.threshold:g})", "dropped"),
-                    **columns}
+            return self.error_row(row, f"edit_score_below_threshold: {score:.2f} (keep {keep} {self.threshold:g})", "dropped", **columns)
         return self.enrich(row, **columns)
 
     def _subscores(self, answers: list[BaseModel]) -> dict[str, float]:
-        if self.judge == "editscore":
-            sc, pq = answers
-            assert isinstance(sc, EditScoreSC) and isinstance(pq, EditScorePQ)
-            return editscore_subscores(sc, pq)
-        (judgement,) = answers
-        assert isinstance(judgement, EditJudgement)
-        return judgement_subscores(judgement)
+        match answers:
+            case [EditScoreSC() as sc, EditScorePQ() as pq]:
+                return editscore_subscores(sc, pq)
+            case [EditJudgement() as judgement]:
+                return judgement_subscores(judgement)
+        raise TypeError(f"judge {self.judge}: unexpected answers {[type(a).__name__ for a in answers]}")
 
     # ---- stratified cap (needs every row: runs on the driver) ------------------------------
     def finalize(self, stage_dir: str) -> None:
@@ -163,11 +172,11 @@ class EditScore(VLMStage):
         smallest hash of (seed, sample id), a uniform choice that reruns repeat exactly. Rows the
         cap dropped earlier are candidates again, so the choice never depends on run history (a
         rerun without a cap keeps them all)."""
-        parts = mf.list_files(stage_dir, prefix="part-", suffix=".parquet")
+        parts = layout.manifest_parts(stage_dir)
         groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
         capped_before = False
         for part in parts:
-            t = mf.read_table(part, columns=["sample_id", "status", "reason", "category", "dataset"])
+            t = storage.read_table(part, columns=["sample_id", "status", "reason", "category", "dataset"])
             for sid, status, reason, category, dataset in zip(*(t.column(c).to_pylist() if c in t.column_names
                                                                 else [None] * t.num_rows for c in
                                                                 ("sample_id", "status", "reason", "category", "dataset"))):
@@ -183,7 +192,7 @@ class EditScore(VLMStage):
                 for _, sid in sorted(members)[self.per_group_cap:]:
                     over[sid] = f"{CAP_REASON}: more than {self.per_group_cap} in category {category} of dataset {dataset or '?'}"
         for part in parts:
-            table = mf.read_table(part)
+            table = storage.read_table(part)
             ids = table.column("sample_id").to_pylist()
             status, reason = table.column("status").to_pylist(), table.column("reason").to_pylist()
             changed = False
@@ -196,7 +205,7 @@ class EditScore(VLMStage):
             if changed:
                 table = table.set_column(table.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
                 table = table.set_column(table.schema.get_field_index("reason"), "reason", pa.array(reason, pa.string()))
-                mf.write_table_atomic(table, part)
+                storage.write_table_atomic(table, part)
 
     def _rank(self, sample_id: str) -> str:
         return hashlib.sha1(f"{self.seed}:{sample_id}".encode()).hexdigest()

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from curation import manifest as mf
-from curation.embedding_stage import EmbeddingColumns, EmbeddingStage
-from curation.stage import Resources
+from curation.stages.base.embedding import EmbeddingColumns, EmbeddingStage
 
 
 class Embed(EmbeddingStage):
@@ -24,10 +21,5 @@ class Embed(EmbeddingStage):
     version: ClassVar[str] = "1"
     Columns: ClassVar[type[BaseModel]] = EmbeddingColumns
 
-    resources: Resources = Field(default_factory=Resources, description="Ray resources per worker")
-
     def setup(self) -> None:
         self.loaded_embedder()
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return mf.rows_to_table(self.embed_rows(batch.to_pylist(), reuse=False), self.output_schema(batch.schema))

@@ -17,14 +17,14 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, Field
 
-from curation import manifest as mf
-from curation.annotation import CameraLabel
+from curation.core.schema import scores_of
+from curation.core.stage import Stage, StageError, Threshold
+from curation.labels.camera import CameraLabel
 from curation.media.decode import read_frames
-from curation.media.representative import representative_image
 from curation.media.jpeg import decode_image
+from curation.media.representative import representative_image
 from curation.media.timing import clip_span, clip_times
 from curation.quality import QualityConfig, assess, load_models, sample_indices
-from curation.stage import Resources, Stage, StageError
 
 
 class FilterQualityColumns(BaseModel):
@@ -32,7 +32,8 @@ class FilterQualityColumns(BaseModel):
         None, description="name -> score; filter_quality adds border_fraction, luma, laplacian_var, text_area(_max), "
         "nsfw, motion_px_per_s, camera_shift_x/y, camera_zoom (those its enabled checks computed)")
     crop_box: list[int] | None = Field(None, description="active picture inside black borders: x0, y0, x1, y1 (exclusive), source pixels")
-    camera_motion: CameraLabel | None = Field(None, description="VINCIE camera label from the homography (none = static); null: undetermined")
+    camera_motion: CameraLabel | None = Field(None, description="VINCIE camera label from the homography (none = static); null: "
+                                                                "undetermined")
     camera_motion_raw: str | None = Field(None, description="the homography's own label: static, pan-*, tilt-*, zoom-in/out, undetermined")
 
 
@@ -45,22 +46,32 @@ class FilterQuality(Stage):
 
     quality: QualityConfig = Field(default_factory=QualityConfig, description="the checks, their switches and thresholds")
     max_pixels: int = Field(1 << 26, gt=0, description="image-bomb guard for images read from files")
-    resources: Resources = Field(default_factory=Resources, description="Ray resources per worker")
 
     def setup(self) -> None:
         load_models(self.quality)
+
+    def thresholds(self) -> list[Threshold]:
+        """The enabled checks' cuts, each on the score that check writes."""
+        q = self.quality
+        cuts = [("luma", "luminance.min_luma", q.luminance.enabled, q.luminance.min_luma),
+                ("luma", "luminance.max_luma", q.luminance.enabled, q.luminance.max_luma),
+                ("laplacian_var", "blur.min_laplacian_var", q.blur.enabled, q.blur.min_laplacian_var),
+                ("text_area", "text_overlay.max_area_ratio", q.text_overlay.enabled, q.text_overlay.max_area_ratio),
+                ("nsfw", "nsfw.max_score", q.nsfw.enabled, q.nsfw.max_score),
+                ("motion_px_per_s", "motion.min_px_per_s", q.motion.enabled, q.motion.min_px_per_s)]
+        return [Threshold(score=score, value=value, setting=f"quality.{key}") for score, key, on, value in cuts if on]
 
     def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:
         frames, times = self._frames(row)
         report = assess(frames, self.quality, times_s=times)
         columns = {
-            "scores": {**mf.scores_of(row), **report.scores},
+            "scores": {**scores_of(row), **report.scores},
             "crop_box": list(report.crop_box) if report.crop_box is not None else None,
             "camera_motion": report.camera,
             "camera_motion_raw": report.camera_raw,
         }
         if report.reason:
-            return [{**self.error_row(row, report.reason, "dropped"), **columns}]
+            return [self.error_row(row, report.reason, "dropped", **columns)]
         return [self.enrich(row, **columns)]
 
     def _frames(self, row: dict[str, Any]) -> tuple[list[np.ndarray], list[float] | None]:

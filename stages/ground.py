@@ -3,7 +3,7 @@
 For turn k (frame k -> frame k+1) the changed entities' descriptions are searched with Grounding
 DINO: an entity's frame-1 description in frame k, its frame-2 description in frame k+1, and an
 entity absent from a frame is not searched there. SAM2 turns the boxes into masks, and
-`curation.roe` unions them into one mask per frame. All frames of all sessions in a batch go
+`curation.regions.roe` unions them into one mask per frame. All frames of all sessions in a batch go
 through each model together, in the backends' chunks, rather than one call per frame.
 
 Outcomes per turn: `found`; `none` (no changed entity, or nothing found in either frame: a valid
@@ -16,17 +16,16 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import pyarrow as pa
 from pydantic import BaseModel, Field, PrivateAttr
 
-from curation.annotation import Turn
-from curation.backends.detect import Detection as FoundBox, DetectorConfig, GroundingDinoDetector, clean_query
-from curation.backends.models import describe_model
+from curation.backends.detect import Detection as FoundBox
+from curation.backends.detect import DetectorConfig, GroundingDinoDetector, clean_query
+from curation.backends.models import model_ref
 from curation.backends.segment import Sam2Segmenter, SegmenterConfig
-from curation.manifest import rows_to_table
+from curation.core.stage import ModelRef, Resources, Row, Stage, StageError, failure_reason
 from curation.media.jpeg import decode_image
-from curation.roe import FrameRegions, fuse_turn
-from curation.stage import Resources, Stage, StageError, failure_reason
+from curation.prompts.transition import Turn
+from curation.regions.roe import FrameRegions, fuse_turn
 
 
 class Detection(BaseModel):
@@ -99,14 +98,12 @@ class Ground(Stage):
         self._detector = GroundingDinoDetector(self.detector)
         self._segmenter = Sam2Segmenter(self.segmenter)
 
-    def model_ids(self) -> dict[str, str]:
-        return {"detector": describe_model(self.detector.model), "segmenter": describe_model(self.segmenter.model)}
+    def models(self) -> dict[str, ModelRef]:
+        return {"detector": model_ref(self.detector.model), "segmenter": model_ref(self.segmenter.model)}
 
     # ---- work ------------------------------------------------------------------------------
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        self.ensure_setup()
+    def process_batch(self, rows: list[Row]) -> list[Row]:
         plans: list[tuple[int, _SessionPlan]] = []
-        rows = batch.to_pylist()
         results: dict[int, dict[str, Any]] = {}
         for i, row in enumerate(rows):
             try:
@@ -124,7 +121,7 @@ class Ground(Stage):
                 except Exception as e:  # noqa: BLE001
                     results[i] = self.error_row(p.row, failure_reason(e))
         out = [results[i] for i in range(len(rows))]
-        return rows_to_table(out, self.output_schema(batch.schema))
+        return out
 
     def run_models(self, plans: list[_SessionPlan]) -> None:
         """Detect in every searched frame of every session at once, then segment every box, one

@@ -16,21 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-import pyarrow as pa
 from pydantic import BaseModel, Field, PrivateAttr
 
-from curation import manifest as mf
-from curation.backends.models import describe_model
+from curation.backends.models import model_ref
 from curation.backends.segment import Sam2Segmenter, SegmenterConfig
 from curation.backends.vlm import VLMError, VLMReply, VLMRequest, VLMUsage, shrink_image
-from curation.boxes import BoxError, BoxFormat, BoxOrder, to_pixels, validate_box
-from curation.judging import GroundedForeground, GroundedObjects
+from curation.core.stage import ModelRef, Resources, Row, failure_reason
 from curation.media.edit_media import read_edit_frames
 from curation.media.jpeg import encode_jpeg
-from curation.prompting import PromptTemplate, load_template
-from curation.roe import encode_mask_png
-from curation.stage import Resources, failure_reason
-from curation.vlm_stage import VLMStage
+from curation.prompts.judges import GroundedForeground, GroundedObjects
+from curation.prompts.templates import PromptTemplate, load_template
+from curation.regions.boxes import BoxError, BoxFormat, BoxOrder, to_pixels, validate_box
+from curation.regions.roe import encode_mask_png
+from curation.stages.base.vlm import VLMStage
 
 Image = Literal["source", "edited"]
 # What the prompt tells the model about coordinates, per convention.
@@ -50,10 +48,12 @@ class EditBox(BaseModel):
 
 
 class GroundEditColumns(BaseModel):
-    edit_mode: str | None = Field(None, description="object (local edits: the edited object) or background (background change: the kept foreground)")
+    edit_mode: str | None = Field(None, description="object (local edits: the edited object) or background (background change: the "
+                                                    "kept foreground)")
     edit_boxes: list[EditBox] | None = Field(None, description="validated boxes in frame pixels")
     mask_src: bytes | None = Field(None, description="background mode: foreground mask of the source's first frame (PNG 0/255)")
-    mask_tgt: bytes | None = Field(None, description="mask of the target's first frame (PNG 0/255): the edited object, or the kept foreground")
+    mask_tgt: bytes | None = Field(None, description="mask of the target's first frame (PNG 0/255): the edited object, or the kept "
+                                                     "foreground")
     src_frame: bytes | None = Field(None, description="the source's first frame (JPEG) the boxes and masks refer to")
     tgt_frame: bytes | None = Field(None, description="the target's first frame (JPEG) the boxes and masks refer to")
     vlm_usage: VLMUsage | None = Field(None, description="grounding requests, cache hits, tokens and USD for this sample")
@@ -78,9 +78,11 @@ class GroundEdit(VLMStage):
     version: ClassVar[str] = "1"
     Columns: ClassVar[type[BaseModel]] = GroundEditColumns
 
-    box_format: BoxFormat = Field(description="the model's box convention: norm1000 (Qwen3-VL, Gemini), pixel (Qwen2.5-VL, of the image as sent), norm1, or auto (guess per box)")
+    box_format: BoxFormat = Field(description="the model's box convention: norm1000 (Qwen3-VL, Gemini), pixel (Qwen2.5-VL, of the "
+                                              "image as sent), norm1, or auto (guess per box)")
     box_order: BoxOrder = Field(description="xyxy, or yxyx (Gemini's native [ymin, xmin, ymax, xmax])")
-    background_categories: list[str] = Field(description="categories grounded as background changes (foreground in both frames); all others as object edits")
+    background_categories: list[str] = Field(description="categories grounded as background changes (foreground in both frames); "
+                                                         "all others as object edits")
     min_box_side_px: float = Field(ge=0, description="boxes thinner than this (pixels, after clipping) are degenerate")
     min_box_area_frac: float = Field(ge=0, le=1, description="boxes covering less than this fraction of the frame are degenerate")
     min_mask_frac: float = Field(ge=0, le=1, description="a mask covering less than this fraction of its frame counts as empty")
@@ -98,12 +100,11 @@ class GroundEdit(VLMStage):
     def templates(self) -> list[PromptTemplate]:
         return [load_template("ground_edit_area"), load_template("ground_foreground")]
 
-    def model_ids(self) -> dict[str, str]:
-        return {**super().model_ids(), "segmenter": describe_model(self.segmenter.model)}
+    def models(self) -> dict[str, ModelRef]:
+        return {**super().models(), "segmenter": model_ref(self.segmenter.model)}
 
     # ---- work ------------------------------------------------------------------------------
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
+    def process_batch(self, rows: list[Row]) -> list[Row]:
         out: dict[int, dict[str, Any]] = {}
         samples: dict[int, _Sample] = {}
         for r, row in enumerate(rows):
@@ -122,7 +123,7 @@ class GroundEdit(VLMStage):
                        "src_frame": sample.jpegs["source"], "tgt_frame": sample.jpegs["edited"],
                        "edit_boxes": [b.model_dump() for b in sample.boxes]}
             if reason:
-                out[r] = {**self.error_row(sample.row, reason, status), **columns}
+                out[r] = self.error_row(sample.row, reason, status, **columns)
             else:
                 out[r] = columns  # finished after segmentation
                 to_segment.extend((r, image) for image in ("source", "edited") if self._boxes_in(sample, image))
@@ -131,11 +132,11 @@ class GroundEdit(VLMStage):
                 self._segment(samples, to_segment)
             except Exception as e:  # noqa: BLE001 - SAM2 failed on the batch: these samples are errors, retryable
                 for r in {r for r, _ in to_segment}:
-                    out[r] = {**self.error_row(samples[r].row, failure_reason(e)), **out[r]}
+                    out[r] = self.error_row(samples[r].row, failure_reason(e), **out[r])
         for r in {r for r, _ in to_segment}:
             if "status" not in out[r]:
                 out[r] = self._masked_row(samples[r], out[r])
-        return mf.rows_to_table([out[r] for r in range(len(rows))], self.output_schema(batch.schema))
+        return [out[r] for r in range(len(rows))]
 
     def _prepare(self, row: dict[str, Any]) -> _Sample:
         mode = "background" if (row.get("category") or "other") in self.background_categories else "object"
@@ -164,9 +165,10 @@ class GroundEdit(VLMStage):
         answer = reply.parsed
         if isinstance(answer, GroundedForeground):
             items = [(b.image, b) for b in answer.objects]
-        else:
-            assert isinstance(answer, GroundedObjects)
+        elif isinstance(answer, GroundedObjects):
             items = [("edited", b) for b in answer.objects]
+        else:
+            raise TypeError(f"grounding answer parsed as {type(answer).__name__}")
         rejected: list[str] = []
         for image, item in items:
             height, width = sample.frames[image].shape[:2]
@@ -186,7 +188,8 @@ class GroundEdit(VLMStage):
         if not self._boxes_in(sample, "edited"):
             if rejected:
                 return f"{rejected[0]} ({len(rejected)} box(es) rejected, none valid in the edited frame)", "dropped"
-            return f"no_box: the VLM found no {'foreground' if sample.mode == 'background' else 'edited object'} in the edited frame", "dropped"
+            wanted = "foreground" if sample.mode == "background" else "edited object"
+            return f"no_box: the VLM found no {wanted} in the edited frame", "dropped"
         return None, "ok"
 
     @staticmethod
@@ -208,7 +211,8 @@ class GroundEdit(VLMStage):
                 continue
             if mask.mean() < self.min_mask_frac or not mask.any():
                 if image == "edited":
-                    return {**self.error_row(sample.row, f"empty_mask: SAM2 found {mask.mean():.4%} of the edited frame inside the box(es)", "dropped"), **columns}
+                    reason = f"empty_mask: SAM2 found {mask.mean():.4%} of the edited frame inside the box(es)"
+                    return self.error_row(sample.row, reason, "dropped", **columns)
                 continue  # the source's foreground is optional; without a mask it is left out
             columns[f"mask_{side}"] = encode_mask_png(mask)
         return self.enrich(sample.row, **columns)

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
+from curation.core.stage import Stage
 from curation.media.decode import read_frames
-from curation.media.timing import clip_span, clip_times
 from curation.media.jpeg import encode_jpeg
-from curation.stage import Stage
+from curation.media.timing import clip_span, clip_times
 
 MIN_SESSION_FRAMES = 2  # one transition needs two frames
 
@@ -33,17 +33,19 @@ class SampleFrames(Stage):
     version: ClassVar[str] = "1"
     Columns: ClassVar[type[BaseModel]] = SampleFramesColumns
 
-    mode: Literal["interval", "count", "hybrid"] = Field(description="interval: every interval_s; count: n frames spread evenly; hybrid: either, per clip")
+    mode: Literal["interval", "count", "hybrid"] = Field(description="interval: every interval_s; count: n frames spread evenly; "
+                                                                     "hybrid: either, per clip")
     interval_s: float = Field(gt=0, description="seconds between frames in interval sampling")
     interval_prob: float = Field(ge=0, le=1, description="hybrid mode: probability that a clip uses interval sampling")
     min_frames: int = Field(ge=MIN_SESSION_FRAMES, description="count sampling: fewest frames (n is uniform in [min_frames, max_frames])")
     max_frames: int = Field(ge=MIN_SESSION_FRAMES, description="count sampling: most frames; also caps interval sampling")
     jpeg_quality: int = Field(ge=1, le=100, description="JPEG quality of the stored frames")
-    max_side: int | None = Field(gt=0, description="shrink frames so the longer side is at most this (aspect kept); null keeps the display size")
+    max_side: int | None = Field(gt=0, description="shrink frames so the longer side is at most this (aspect kept); null keeps the "
+                                                   "display size")
     seed: int = Field(description="mixed with each clip's sample_id, so choices are random across clips but reproducible")
 
     @model_validator(mode="after")
-    def _check_range(self) -> "SampleFrames":
+    def _check_range(self) -> SampleFrames:
         if self.min_frames > self.max_frames:
             raise ValueError(f"min_frames={self.min_frames} > max_frames={self.max_frames}")
         return self

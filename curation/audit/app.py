@@ -28,7 +28,7 @@ from starlette.routing import Route
 from curation.audit import media, shard_view
 from curation.audit.catalog import RunCatalog, SampleFilter
 from curation.audit.security import SecurityHeaders, TokenGuard, file_under
-from curation.manifest import scores_of
+from curation.core.schema import scores_of
 
 PER_PAGE = 50
 MAX_ID = 200            # longer "sample ids" are not ids: 404 without a query
@@ -243,8 +243,9 @@ def _is_scalar(value: Any) -> bool:
 
 
 def _shards_dir(c: RunCatalog) -> str:
-    shard = c.stage_named("shard")
-    return shard_view.shards_dir(c.run_dir, shard.run if shard else {})
+    """Where the run's sink wrote its shards: the stage whose `_run.json` records a `shards_dir`."""
+    sink = next((s for s in reversed(c.stages) if s.run.get("shards_dir")), None)
+    return shard_view.shards_dir(c.run_dir, sink.run if sink else {})
 
 
 def _lineage(c: RunCatalog, parent_ids: list[str], max_depth: int = 12) -> list[list[dict[str, Any]]]:

@@ -22,11 +22,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from curation import manifest as mf
-from curation.runner import stage_dirs
-from curation.summary import funnel
+from curation.core import layout, storage
+from curation.core.summary import funnel
 
-LISTING = "_input"  # ingest's source listing (kind=source rows), the root of every lineage
+LISTING = layout.INPUT_DIR  # a source stage's listing (kind=source rows), the root of every lineage
 
 # The columns every page of the browser needs; projected per stage so binary columns are never read.
 _LIGHT_COLUMNS = ("stage", "position", "sample_id", "parent_ids", "kind", "source_uri", "status", "reason",
@@ -70,7 +69,7 @@ class SampleFilter(BaseModel):
 
 
 def _reason_key_sql() -> str:
-    # Same grouping as curation.runinfo.reason_key: the stable prefix before ':'.
+    # Same grouping as curation.core.runinfo.reason_key: the stable prefix before ':'.
     return ("CASE WHEN status = 'ok' THEN NULL WHEN reason IS NULL OR trim(reason) = '' THEN 'unspecified' "
             "ELSE trim(split_part(reason, ':', 1)) END")
 
@@ -80,7 +79,7 @@ class RunCatalog:
 
     def __init__(self, run_dir: str):
         self.run_dir = run_dir.rstrip("/") if "://" in run_dir else os.path.abspath(run_dir)
-        if not mf.exists(self.run_dir):
+        if not storage.exists(self.run_dir):
             raise FileNotFoundError(f"run directory {run_dir} does not exist")
         self._lock = threading.Lock()
         self._signature: tuple | None = None
@@ -94,19 +93,19 @@ class RunCatalog:
 
     def _discover(self) -> list[StageManifest]:
         found: list[StageManifest] = []
-        for position, d in enumerate(stage_dirs(self.run_dir), start=1):
-            uri = mf.join(self.run_dir, d)
+        for position, d in enumerate(layout.stage_dirs(self.run_dir), start=1):
+            uri = storage.join(self.run_dir, d)
             number, _, name = d.partition("-")
-            listing = mf.join(uri, LISTING)
-            listing_files = tuple(mf.list_files(listing, prefix="part-", suffix=".parquet"))
+            listing = storage.join(uri, LISTING)
+            listing_files = tuple(layout.manifest_parts(listing))
             if listing_files:
                 found.append(StageManifest(f"{d}/{LISTING}", "sources", 0, listing, listing_files,
                                            self._columns(listing_files)))
-            files = tuple(mf.list_files(uri, prefix="part-", suffix=".parquet"))
+            files = tuple(layout.manifest_parts(uri))
             if not files:
                 continue
-            run_json = mf.join(uri, "_run.json")
-            run = mf.read_json(run_json) if mf.exists(run_json) else {}
+            run_json = layout.run_json(uri)
+            run = storage.read_json(run_json) if storage.exists(run_json) else {}
             found.append(StageManifest(d, name or d, int(number) if number.isdigit() else position, uri, files,
                                        self._columns(files), run))
         return found
@@ -115,7 +114,7 @@ class RunCatalog:
     def _columns(files: tuple[str, ...]) -> frozenset[str]:
         names: set[str] = set()
         for f in files[:1] + files[-1:]:  # fragments of one stage share a schema; look at both ends
-            names.update(mf.read_schema(f).names)
+            names.update(storage.read_schema(f).names)
         return frozenset(names)
 
     def refresh(self) -> bool:
@@ -136,8 +135,8 @@ class RunCatalog:
             files = ", ".join("'" + f.replace("'", "''") + "'" for f in s.files)
             return f"read_parquet([{files}], union_by_name = true, filename = true, file_row_number = true)"
         # Object storage: a pyarrow dataset over the run's own filesystem (credentials from the environment).
-        fs, _ = mf.resolve(s.uri)
-        dataset = ds.dataset([mf.resolve(f)[1] for f in s.files], filesystem=fs, format="parquet")
+        fs, _ = storage.resolve(s.uri)
+        dataset = ds.dataset([storage.resolve(f)[1] for f in s.files], filesystem=fs, format="parquet")
         name = f"arrow_{s.view}"
         self._db.register(name, dataset)
         # No filename/file_row_number from an Arrow scan: rows are fetched by sample_id instead.
@@ -145,10 +144,6 @@ class RunCatalog:
 
     def stage(self, label: str) -> StageManifest | None:
         return next((s for s in self.stages if s.label == label), None)
-
-    def stage_named(self, name: str) -> StageManifest | None:
-        """The newest manifest of the stage called `name` ("dedup"), if the run has one."""
-        return next((s for s in reversed(self.stages) if s.name == name), None)
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor of its own for the calling thread (one connection is not safe across threads)."""
@@ -197,7 +192,7 @@ class RunCatalog:
 
     def outcome_counts(self) -> dict[str, dict[str, Any]]:
         """Per stage label: {total, ok, dropped: {reason: n}, error: {reason: n}, by_kind: {kind: n ok}},
-        the shape of `curation.runinfo.count_outcomes`, in one scan of every manifest."""
+        the shape of `curation.core.runinfo.count_outcomes`, in one scan of every manifest."""
         rows = self.cursor().execute(
             "SELECT stage, status, reason_key, kind, count(*) FROM light GROUP BY ALL").fetchall()
         counts: dict[str, dict[str, Any]] = {
@@ -215,7 +210,7 @@ class RunCatalog:
                 for label, c in counts.items()}
 
     def funnel(self) -> list[dict[str, Any]]:
-        """`curation.summary.funnel` over the stage manifests (the source listing is not a stage)."""
+        """`curation.core.summary.funnel` over the stage manifests (the source listing is not a stage)."""
         counts = self.outcome_counts()
         rows = funnel([(s.name, counts[s.label]) for s in self.stages if not s.is_listing])
         for row, s in zip(rows, [s for s in self.stages if not s.is_listing]):
@@ -321,8 +316,8 @@ class RunCatalog:
             hit = hits[-1]
         if hit["part_file"] is not None:
             return _read_row(hit["part_file"], hit["part_row"])
-        fs, _ = mf.resolve(s.uri)
-        table = ds.dataset([mf.resolve(f)[1] for f in s.files], filesystem=fs, format="parquet").to_table(
+        fs, _ = storage.resolve(s.uri)
+        table = ds.dataset([storage.resolve(f)[1] for f in s.files], filesystem=fs, format="parquet").to_table(
             filter=ds.field("sample_id") == sample_id)
         return table.slice(table.num_rows - 1).to_pylist()[0] if table.num_rows else None
 

@@ -13,8 +13,6 @@ import datetime
 import io
 import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from curation import manifest as mf
 from curation.audit.catalog import RunCatalog, StageManifest
+from curation.core import storage
 
 TEMPLATES = Path(__file__).parent / "templates"
 DPI = 120
@@ -42,61 +40,17 @@ _MAX_CATEGORIES = 25  # a longer list is cut to the largest, with the rest summe
 
 # ------------------------------------------------------------------------------------- thresholds
 
-def _dedup_default(stage_config: dict[str, Any]) -> float:
-    """dedup's `threshold: null` means its embedder's default; ask the stage, where that rule lives."""
-    from stages.dedup import Dedup
-
-    return Dedup.model_validate(stage_config).near_threshold()
-
-
-@dataclass(frozen=True)
-class ThresholdRule:
-    """Where the cut on a score is configured: a dotted path in one stage's `_run.json` stage_config."""
-
-    score: str
-    stage: str                  # name of the stage whose stage_config holds it
-    setting: str                # dotted path of the value
-    switch: str | None = None   # dotted path of the check's `enabled`: no line when the check is off
-    default: Callable[[dict[str, Any]], float] | None = None  # what a null value means
-
-
-THRESHOLDS: tuple[ThresholdRule, ...] = (
-    ThresholdRule("edit_score", "edit_score", "threshold"),
-    ThresholdRule("reference_score", "score_reference", "threshold"),
-    ThresholdRule("luma", "filter_quality", "quality.luminance.min_luma", "quality.luminance.enabled"),
-    ThresholdRule("luma", "filter_quality", "quality.luminance.max_luma", "quality.luminance.enabled"),
-    ThresholdRule("laplacian_var", "filter_quality", "quality.blur.min_laplacian_var", "quality.blur.enabled"),
-    ThresholdRule("text_area", "filter_quality", "quality.text_overlay.max_area_ratio", "quality.text_overlay.enabled"),
-    ThresholdRule("nsfw", "filter_quality", "quality.nsfw.max_score", "quality.nsfw.enabled"),
-    ThresholdRule("motion_px_per_s", "filter_quality", "quality.motion.min_px_per_s", "quality.motion.enabled"),
-    ThresholdRule("duplicate_similarity", "dedup", "threshold", default=_dedup_default),
-)
-# Manifest columns shown like scores, read from the manifest of the named stage.
-COLUMN_SCORES = {"duplicate_similarity": "dedup"}
-
-
-def _lookup(config: dict[str, Any], path: str) -> Any:
-    for key in path.split("."):
-        if not isinstance(config, dict):
-            return None
-        config = config.get(key)
-    return config
-
-
 def thresholds(catalog: RunCatalog, score: str) -> list[dict[str, Any]]:
-    """The cuts in force on a score in this run: [{setting, value, stage}], from the stages' own configs."""
-    found = []
-    for rule in (r for r in THRESHOLDS if r.score == score):
-        stage = catalog.stage_named(rule.stage)
-        config = (stage.run.get("stage_config") or {}) if stage else {}
-        if not config or (rule.switch and not _lookup(config, rule.switch)):
-            continue
-        value = _lookup(config, rule.setting)
-        if value is None and rule.default:
-            value = rule.default(config)
-        if value is not None:
-            found.append({"setting": rule.setting, "value": float(value), "stage": stage.label})
-    return found
+    """The cuts in force on a score in this run: [{setting, value, stage}], as each stage recorded
+    them in its `_run.json` (`thresholds`: a stage says which cuts it applies; the report names none)."""
+    return [{"setting": cut["setting"], "value": float(cut["value"]), "stage": stage.label}
+            for stage in _pipeline(catalog) for cut in stage.run.get("thresholds") or [] if cut.get("score") == score]
+
+
+def _column_scores(catalog: RunCatalog) -> list[tuple[str, StageManifest]]:
+    """Scores a stage keeps in a manifest column of its own (e.g. a similarity), as its `_run.json` says."""
+    return [(cut["score"], stage) for stage in _pipeline(catalog) for cut in stage.run.get("thresholds") or []
+            if cut.get("column") and cut.get("score") in stage.columns]
 
 
 # ------------------------------------------------------------------------------------- data
@@ -142,10 +96,8 @@ def _scores(catalog: RunCatalog) -> list[dict[str, Any]]:
         stage = catalog.stage(label)
         found.append((name, stage, _values_by_status(
             cur, f"SELECT status, element_at(scores, ?)[1] AS v FROM {stage.view}", [name])))
-    for name, stage_name in COLUMN_SCORES.items():
-        stage = catalog.stage_named(stage_name)
-        if stage is not None and name in stage.columns:
-            found.append((name, stage, _values_by_status(cur, f"SELECT status, {name} AS v FROM {stage.view}", [])))
+    for name, stage in dict.fromkeys(_column_scores(catalog)):
+        found.append((name, stage, _values_by_status(cur, f'SELECT status, "{name}" AS v FROM {stage.view}', [])))
     return [{"name": name, "stage": stage.label, "thresholds": thresholds(catalog, name), **hist}
             for name, stage, series in found if (hist := histogram(series))]
 
@@ -502,9 +454,9 @@ def write_report(run_dir: str, out_dir: str | None = None) -> Path:
     page = render_html(data, plots, score_files).encode()
     out.mkdir(parents=True, exist_ok=True)
     for name, png in plots.items():
-        mf.write_bytes_atomic(str(out / name), png)
+        storage.write_bytes_atomic(str(out / name), png)
     index = out / "index.html"
-    mf.write_bytes_atomic(str(index), page)
+    storage.write_bytes_atomic(str(index), page)
     for pattern in _PLOT_FILES:
         for stale in out.glob(pattern):
             if stale.name not in plots:

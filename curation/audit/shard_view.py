@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from curation import manifest as mf
+from curation.core import storage
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -32,14 +32,14 @@ class ShardEntry:
 
 def shards_dir(run_dir: str, shard_run: dict[str, Any]) -> str:
     """Where the shard stage wrote (its `_run.json` says; `<run>/shards` by default)."""
-    return shard_run.get("shards_dir") or mf.join(run_dir, "shards")
+    return shard_run.get("shards_dir") or storage.join(run_dir, "shards")
 
 
 def lookup(cursor: Any, shards: str, sample_id: str) -> ShardEntry | None:
-    index = mf.join(shards, "index.parquet")
-    if "://" in shards or not mf.exists(index):
+    index = storage.join(shards, "index.parquet")
+    if "://" in shards or not storage.exists(index):
         return None
-    found = cursor.execute("SELECT sample_id, shard, \"offset\", length, kind FROM read_parquet(?) "
+    found = cursor.execute('SELECT sample_id, shard, "offset", length, kind FROM read_parquet(?) '
                            "WHERE sample_id = ?", [index, sample_id]).fetchone()
     return ShardEntry(*found) if found else None
 
@@ -49,7 +49,7 @@ def read_members(shards: str, entry: ShardEntry) -> dict[str, bytes]:
     """The sample's tar members as WebDataset groups them: {"__key__": key, ext: bytes}. Cached: do not mutate."""
     from webdataset.tariterators import base_plus_ext
 
-    fs, path = mf.resolve(mf.join(shards, entry.shard))
+    fs, path = storage.resolve(storage.join(shards, entry.shard))
     with fs.open_input_file(path) as f:
         f.seek(entry.offset)
         data = f.read(entry.length)
@@ -94,7 +94,7 @@ class TrainerView:
 @lru_cache(maxsize=16)  # the page and each example image need the same decode
 def trainer_view(shards: str, entry: ShardEntry) -> TrainerView:
     """Decode the sample with the trainer's own ExampleMaker (default data config, centre crop, epoch 0)."""
-    from curation.train.data import DataConfig
+    from curation.train.data_config import DataConfig
     from curation.train.examples import ExampleMaker
 
     try:

@@ -15,13 +15,9 @@ import logging
 import threading
 from typing import Any
 
+from curation.backends.usage import VLMError
+
 log = logging.getLogger(__name__)
-
-
-def _vlm_error(reason: str) -> Exception:
-    from curation.backends.vlm import VLMError  # vlm imports this module; import late
-
-    return VLMError(reason)
 
 
 class _Ledger:
@@ -92,7 +88,7 @@ class Budget:
                 "VLM budget exhausted (spent $%.4f of $%.4f): no further requests from this worker; "
                 "cached responses are still served", spent, self.max_usd,
             )
-        raise _vlm_error(
+        raise VLMError(
             f"budget_exhausted: spent ${spent:.4f} of ${self.max_usd:.4f}; "
             "raise budget.max_usd or rerun with retry_errors=true"
         )

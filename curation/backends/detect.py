@@ -41,7 +41,8 @@ class DetectorConfig(BaseModel):
 
     model: str = Field("IDEA-Research/grounding-dino-tiny", description="hub id, local directory or tiny:grounding-dino")
     box_threshold: float = Field(0.35, ge=0, le=1, description="keep a box when its best token probability in a query exceeds this")
-    text_threshold: float = Field(0.25, ge=0, le=1, description="a query's tokens above this make the box's label; none above it drops the box")
+    text_threshold: float = Field(
+        0.25, ge=0, le=1, description="a query's tokens above this make the box's label; none above it drops the box")
     batch_size: int = Field(8, ge=1, description="image-prompt pairs per forward pass")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto (CUDA when the worker has a GPU), cpu, cuda or cuda:N")
 

@@ -133,7 +133,9 @@ class DiffusersEditor:
 # ---------------------------------------------------------------------------------------------
 
 SEED = 0
-QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+]
 
 
 def _byte_symbols() -> list[str]:

@@ -25,7 +25,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curation.backends.models import DEVICE_PATTERN, describe_model, is_random_weights, pick_device, resolve_model
+from curation.backends.models import DEVICE_PATTERN, is_random_weights, model_ref, pick_device, resolve_model
+from curation.core.stage import ModelRef
 
 
 class EmbedConfig(BaseModel):
@@ -82,8 +83,8 @@ class Embedder(Protocol):
     @property
     def dim(self) -> int: ...
 
-    def model_id(self) -> str:
-        """The weights that made the vectors, for `_run.json` (random weights tagged loudly)."""
+    def model_ref(self) -> ModelRef:
+        """The weights that made the vectors, for `_run.json`."""
         ...
 
     def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
@@ -132,8 +133,8 @@ class _ClipEmbedder(ABC):
     def dim(self) -> int:
         return self._dim
 
-    def model_id(self) -> str:
-        return describe_model(self.cfg.model)
+    def model_ref(self) -> ModelRef:
+        return model_ref(self.cfg.model)
 
     def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
         check_rgb(images)
@@ -178,9 +179,9 @@ class OpenClipEmbedder(_ClipEmbedder):
         self.tokenizer = open_clip.get_tokenizer(name)
         super().__init__(cfg, int(open_clip.get_model_config(name)["embed_dim"]))
 
-    def model_id(self) -> str:
-        ref = self.cfg.model if self.pretrained is None else f"{self.cfg.model} pretrained={self.pretrained}"
-        return describe_model(ref)
+    def model_ref(self) -> ModelRef:
+        shown = self.cfg.model if self.pretrained is None else f"{self.cfg.model} pretrained={self.pretrained}"
+        return model_ref(self.cfg.model, shown)
 
     def _image_features(self, images: list[np.ndarray]) -> Any:
         import torch
@@ -263,8 +264,8 @@ class PerceptualEmbedder:
     def dim(self) -> int:
         return PHASH_BAND * PHASH_BAND  # 63 AC coefficients + the flat coordinate
 
-    def model_id(self) -> str:
-        return self.ID
+    def model_ref(self) -> ModelRef:
+        return ModelRef(id=self.ID)
 
     def embed_images(self, images: list[np.ndarray]) -> np.ndarray:
         check_rgb(images)

@@ -2,10 +2,11 @@
 chosen by config (`backend: openai|gemini`).
 
 The editors are the VLM backends with another `_call`, so the response cache, bounded
-concurrency, rate limit, retries with backoff, budget and key scrubbing of `vlm.VLMBackend` run
-unchanged. An edited image travels through that machinery as one more structured answer, the
-JSON object `EditedImage` (the image in base64): it is validated, cached and replayed like a
-VLM's answer, and a request's output settings join the cache key through its salt.
+concurrency, rate limit, retries with backoff, budget and key scrubbing of `vlm_base.VLMBackend`
+run unchanged, configured by the same transport fields (`transport.TransportConfig`). An edited
+image travels through that machinery as one more structured answer, the JSON object
+`EditedImage` (the image in base64): it is validated, cached and replayed like a VLM's answer,
+and a request's output settings join the cache key through its salt.
 """
 
 from __future__ import annotations
@@ -14,23 +15,14 @@ import base64
 import io
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from curation.backends.budget import Budget
-from curation.backends.vlm import (
-    Completion,
-    EmptyResponse,
-    VLMBackend,
-    VLMConfig,
-    VLMError,
-    VLMReply,
-    VLMRequest,
-    VLMUsage,
-    image_mime,
-    short,
-)
+from curation.backends.transport import TransportConfig, transport_default
+from curation.backends.usage import VLMError, VLMUsage
+from curation.backends.vlm_base import Completion, EmptyResponse, VLMBackend, VLMReply, VLMRequest, image_mime, short
 from curation.backends.vlm_gemini import GeminiVLM
 from curation.backends.vlm_openai import OpenAIVLM
 
@@ -38,52 +30,34 @@ from curation.backends.vlm_openai import OpenAIVLM
 NO_IMAGE = "image_edit_no_image"
 # Reason prefix of an image that does not decode (or a corrupt cache entry).
 BAD_OUTPUT = "image_edit_bad_output"
+# What the cache key says for sampling: an edit has none, and these are the values the key has
+# always held (the VLM defaults), so images already stored stay valid.
+CACHE_KEY_SAMPLING = (0.0, 1024)
 
 
-class ImageEditConfig(BaseModel):
-    """Which image-editing API to call and how hard. Secrets are never part of it: only the
-    *name* of the environment variable holding the key."""
+class ImageEditConfig(TransportConfig):
+    """Which image-editing API to call and how hard: the transport (`TransportConfig`), with the
+    defaults an edit needs, plus the output size and the price of an image."""
 
-    model_config = ConfigDict(extra="forbid")
+    cache_name: ClassVar[str] = "image_edit"
 
     backend: Literal["openai", "gemini"] = Field(description="openai (images.edit) or gemini (image output)")
-    model: str = Field(description="API model name, e.g. gpt-image-1.5 or gemini-2.5-flash-image")
-    base_url: str | None = Field(
-        None, description="OpenAI-compatible endpoint (e.g. http://host:8000/v1) or a Gemini base URL override")
-    api_key_env: str | None = Field(
-        None, description="NAME of the env var holding the API key. Unset: openai sends 'EMPTY', "
-                          "gemini lets the SDK read GEMINI_API_KEY/GOOGLE_API_KEY")
-    max_in_flight: int = Field(4, ge=1, description="requests in flight at once, per worker")
-    requests_per_minute: float | None = Field(None, gt=0, description="per worker, paced evenly; None = unlimited")
-    max_retries: int = Field(4, ge=0, description="retries on 429/5xx/timeouts/connection errors/empty responses")
-    timeout_s: float = Field(180.0, gt=0, description="per HTTP request (an edit takes tens of seconds)")
-    backoff_initial_s: float = Field(1.0, ge=0, description="first backoff ceiling; doubles per retry (full jitter)")
-    backoff_max_s: float = Field(60.0, ge=0, description="largest backoff ceiling (a Retry-After may ask for longer)")
+    # An edit takes tens of seconds and each one is billed: fewer at once, longer waits, and
+    # inputs kept larger (an edit is only as sharp as what it was given).
+    max_in_flight: int = transport_default("max_in_flight", 4)
+    timeout_s: float = transport_default("timeout_s", 180.0)
+    backoff_max_s: float = transport_default("backoff_max_s", 60.0)
+    image_max_side: int | None = transport_default("image_max_side", 1536)
     size: str | None = Field(
         None, pattern=r"^(auto|\d+x\d+)$",
         description="openai only: output WIDTHxHEIGHT or auto; None = the API's default")
     usd_per_image: float = Field(0.0, ge=0, description="price of one returned image (cost, budget)")
-    cache: bool = Field(True, description="reuse stored images for identical requests")
-    cache_dir: str | None = Field(None, description="response cache (path or URI); None = <CURATE_CACHE>/image_edit")
-    image_max_side: int | None = Field(1536, ge=16, description="shrink larger inputs (aspect kept); None = as is")
 
     @model_validator(mode="after")
     def _size_is_openai_only(self) -> ImageEditConfig:
         if self.size is not None and self.backend != "openai":
             raise ValueError(f"size is an openai setting; the {self.backend} backend cannot honour it")
         return self
-
-    def vlm_config(self) -> VLMConfig:
-        """The VLM machinery's view of this config (token prices 0: images are priced per image)."""
-        from curation.backends.models import cache_root
-
-        return VLMConfig(
-            backend=self.backend, model=self.model, base_url=self.base_url, api_key_env=self.api_key_env,
-            max_in_flight=self.max_in_flight, requests_per_minute=self.requests_per_minute,
-            max_retries=self.max_retries, timeout_s=self.timeout_s, backoff_initial_s=self.backoff_initial_s,
-            backoff_max_s=self.backoff_max_s, cache=self.cache,
-            cache_dir=self.cache_dir or str(cache_root() / "image_edit"), image_max_side=self.image_max_side,
-        )
 
 
 class EditedImage(BaseModel):
@@ -114,9 +88,17 @@ class ImageEditor(VLMBackend):
     """`edit_many` on top of a VLM backend; subclasses mix it with one (`OpenAIVLM`,
     `GeminiVLM`) and implement `_call` with the image API, returning `self._answer(...)`."""
 
-    def __init__(self, cfg: ImageEditConfig, budget: Budget | None = None):
-        super().__init__(cfg.vlm_config(), budget)
-        self.edit_cfg = cfg
+    cfg: ImageEditConfig
+
+    # An edit has no sampling, no token rate and no token price (it is priced per image, below).
+    def _sampling(self) -> tuple[float, int]:
+        return CACHE_KEY_SAMPLING
+
+    def _tokens_per_minute(self) -> float | None:
+        return None
+
+    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return 0.0
 
     def edit_many(self, requests: list[ImageEditRequest]) -> list[ImageEditReply | VLMError]:
         """All requests concurrently (bounded by max_in_flight and the rate limit), results in
@@ -127,7 +109,7 @@ class ImageEditor(VLMBackend):
 
     def _salt(self, cache_salt: str) -> str:
         """The caller's salt plus every output setting, so that changing one misses the cache."""
-        return json.dumps({"task": "image_edit", "size": self.edit_cfg.size, "salt": cache_salt}, sort_keys=True)
+        return json.dumps({"task": "image_edit", "size": self.cfg.size, "salt": cache_salt}, sort_keys=True)
 
     @staticmethod
     def _edit_reply(reply: VLMReply | VLMError) -> ImageEditReply | VLMError:
@@ -149,7 +131,7 @@ class ImageEditor(VLMBackend):
             raise EmptyResponse(f"the returned image does not decode: {short(str(e), 120)}", prompt_tokens,
                                 completion_tokens, prefix=BAD_OUTPUT) from e
         raw = EditedImage(image_b64=base64.b64encode(image).decode()).model_dump_json()
-        return Completion(raw, prompt_tokens, completion_tokens, usd=self.edit_cfg.usd_per_image)
+        return Completion(raw, prompt_tokens, completion_tokens, usd=self.cfg.usd_per_image)
 
 
 class OpenAIImageEditor(ImageEditor, OpenAIVLM):
@@ -163,7 +145,7 @@ class OpenAIImageEditor(ImageEditor, OpenAIVLM):
     async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel]) -> Completion:
         (image,) = images
         mime = image_mime(image)
-        options: dict[str, Any] = {"size": self.edit_cfg.size} if self.edit_cfg.size else {}
+        options: dict[str, Any] = {"size": self.cfg.size} if self.cfg.size else {}
         response = await self._client.images.edit(
             model=self.cfg.model, image=(f"image.{mime.split('/')[1]}", image, mime), prompt=prompt, n=1, **options)
         usage = response.usage

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from curation.core.stage import ModelRef
+
 log = logging.getLogger(__name__)
 
 TINY_PREFIX = "tiny:"
@@ -38,16 +40,14 @@ def cache_root() -> Path:
     return Path(os.environ.get("CURATE_CACHE") or Path.home() / ".cache" / "curate").expanduser()
 
 
-RANDOM_WEIGHTS_TAG = "(RANDOM WEIGHTS)"
-
-
 def is_random_weights(ref: str) -> bool:
     return ref.startswith(TINY_PREFIX)
 
 
-def describe_model(ref: str) -> str:
-    """How `_run.json` names a model: the reference, tagged loudly when its weights are random."""
-    return f"{ref} {RANDOM_WEIGHTS_TAG}" if is_random_weights(ref) else ref
+def model_ref(ref: str, shown_as: str | None = None) -> ModelRef:
+    """How `_run.json` names a model (`shown_as`, e.g. with its backend and endpoint; else the
+    reference), with whether its weights are random carried as data."""
+    return ModelRef(id=shown_as or ref, random_weights=is_random_weights(ref))
 
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"  # what a `device` config option accepts

@@ -78,7 +78,8 @@ def build_tiny_grounding_dino(target: Path) -> None:
     text = BertConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                       intermediate_size=64, max_position_embeddings=128, pad_token_id=0)
     config = GroundingDinoConfig(
-        backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1, decoder_layers=2,  # 1 decoder layer fails the tied-weights check
+        # 2 decoder layers: 1 fails the tied-weights check.
+        backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1, decoder_layers=2,
         encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2,
         num_queries=10, max_text_len=64,
     )

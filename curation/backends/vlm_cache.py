@@ -1,5 +1,5 @@
 """On-disk cache of VLM responses, so a rerun (or a resumed run) never pays twice for the same
-question. Local paths and any pyarrow/fsspec URI work (`curation.manifest` does the I/O).
+question. Local paths and any pyarrow/fsspec URI work (`curation.core.storage` does the I/O).
 
 Key: sha256 over everything that changes the answer: backend, model, endpoint, the rendered
 prompt, each image's sha256, the output JSON schema, sampling settings, image size limit and a
@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from curation import manifest as mf
+from curation.core import storage
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,15 @@ class VLMCache:
         self.root = root.rstrip("/")
 
     def path(self, key: str) -> str:
-        return mf.join(self.root, key[:2], f"{key}.json")
+        return storage.join(self.root, key[:2], f"{key}.json")
 
     def get(self, key: str) -> dict[str, Any] | None:
         """`{"raw": str, "usage": dict, ...}` or None. An unreadable entry is a miss, not a failure."""
         uri = self.path(key)
         try:
-            if not mf.exists(uri):
+            if not storage.exists(uri):
                 return None
-            entry = json.loads(mf.read_bytes(uri))
+            entry = json.loads(storage.read_bytes(uri))
         except (OSError, ValueError) as e:
             log.warning("ignoring unreadable VLM cache entry %s: %s", uri, e)
             return None
@@ -79,4 +79,4 @@ class VLMCache:
 
     def put(self, key: str, raw: str, usage: dict[str, Any], model_id: str) -> None:
         entry = {"raw": raw, "usage": usage, "model_id": model_id, "created": time.time(), "format": CACHE_FORMAT}
-        mf.write_bytes_atomic(self.path(key), json.dumps(entry, ensure_ascii=False).encode())
+        storage.write_bytes_atomic(self.path(key), json.dumps(entry, ensure_ascii=False).encode())

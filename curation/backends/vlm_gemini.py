@@ -10,7 +10,8 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from curation.backends.limits import Failure, parse_retry_after, status_failure
-from curation.backends.vlm import Completion, EmptyResponse, VLMBackend, VLMError, image_mime, json_schema_of, short
+from curation.backends.usage import VLMError
+from curation.backends.vlm_base import Completion, EmptyResponse, VLMBackend, image_mime, json_schema_of, short
 
 
 def _transport_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:

@@ -10,6 +10,7 @@ worker's GPU when there is one (`device=auto`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -20,7 +21,9 @@ from pydantic import BaseModel
 
 from curation.backends.budget import Budget
 from curation.backends.limits import Failure
-from curation.backends.vlm import Completion, VLMBackend, VLMConfig, VLMError, json_schema_of, short
+from curation.backends.models import pick_device, resolve_model
+from curation.backends.usage import VLMError
+from curation.backends.vlm_base import Completion, VLMBackend, VLMConfig, json_schema_of, short
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +99,6 @@ class LocalVLM(VLMBackend):
     def _load(self) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from curation.backends.models import pick_device, resolve_model
-
         resolved = resolve_model(self.cfg.model)
         self.random_weights = resolved.random_weights
         device = pick_device(self.cfg.device)
@@ -116,10 +117,8 @@ class LocalVLM(VLMBackend):
 
     async def _aclose(self) -> None:
         self._worker.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await self._worker
-        except asyncio.CancelledError:
-            pass
         device = str(self._model.device)
         del self._model, self._processor, self._tokenizer, self._grammars
         if device.startswith("cuda"):

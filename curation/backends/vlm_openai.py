@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from curation.backends.limits import Failure, parse_retry_after, status_failure
-from curation.backends.vlm import Completion, EmptyResponse, VLMBackend, image_mime, json_schema_of, short
+from curation.backends.vlm_base import Completion, EmptyResponse, VLMBackend, image_mime, json_schema_of, short
 
 
 def _error_message(exc: Any) -> str:

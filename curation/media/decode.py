@@ -19,8 +19,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from curation.core.stage import StageError
 from curation.media.probe import display_size, open_container, rotation_steps, video_stream
-from curation.stage import StageError
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,8 @@ import av
 import cv2
 import numpy as np
 
-from curation import manifest as mf
+from curation.core import storage
+from curation.core.stage import StageError
 from curation.media.decode import iter_frames, read_frames
 from curation.media.jpeg import encode_jpeg  # re-exported: the one JPEG encoder, quality 95 by default
 from curation.media.probe import (  # its private file checks too, so reasons read the same as at ingest
@@ -45,7 +46,6 @@ from curation.media.probe import (  # its private file checks too, so reasons re
     open_container,
     video_stream,
 )
-from curation.stage import StageError
 
 __all__ = [
     "EncodedClipPair",
@@ -80,7 +80,7 @@ def load_image(uri: str, max_pixels: int) -> np.ndarray:
     header = _image_header_size(uri)
     if header is not None:
         _check_pixels(*header, max_pixels)
-    data = mf.read_bytes(uri)
+    data = storage.read_bytes(uri)
     try:
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as e:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from curation.stage import StageError
+from curation.core.stage import StageError
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:

@@ -29,7 +29,7 @@ import av
 import numpy as np
 from pydantic import BaseModel, Field
 
-from curation.stage import StageError
+from curation.core.stage import StageError
 
 # Packet durations may jitter by rounding (23.976 fps in a 1/1000 time base gives 41 and 42 ms).
 # A stream is VFR when a gap differs from the typical one by more than this fraction of it.

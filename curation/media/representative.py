@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from curation.core.stage import StageError
 from curation.media.decode import read_frames
 from curation.media.edit_media import load_image, read_video_frames
 from curation.media.jpeg import decode_image
 from curation.media.timing import clip_span
-from curation.stage import StageError
 
 MediaChoice = Literal["auto", "reference", "target", "source", "middle_frame"]
 

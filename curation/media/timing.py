@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from curation.stage import StageError
+from curation.core.stage import StageError
 
 
 def clip_span(row: dict[str, Any]) -> tuple[int, int, list[int] | None]:

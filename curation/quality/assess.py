@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.annotation import CameraLabel
+from curation.labels.camera import CameraLabel
 from curation.quality import borders, camera_motion, exposure, motion, nsfw, text_overlay
 from curation.quality.borders import BorderConfig
 from curation.quality.camera_motion import CameraMotionConfig, RawCameraLabel

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from curation.annotation import CameraLabel
+from curation.labels.camera import CameraLabel
 
 RawCameraLabel = Literal["static", "pan-left", "pan-right", "tilt-up", "tilt-down", "zoom-in", "zoom-out", "undetermined"]
 TO_VINCIE: dict[str, CameraLabel | None] = {
@@ -46,7 +46,8 @@ RANSAC_REPROJ_PX = 1.5  # at the 180-px short side
 class CameraMotionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(True, description="classify the camera's motion from a homography between frames (never drops; fills camera_motion)")
+    enabled: bool = Field(True, description="classify the camera's motion from a homography between frames (never drops; fills "
+                                            "camera_motion)")
     static_rate: float = Field(
         0.02, ge=0,
         description="the camera is static when its dominant motion moves the frame edge by less than this fraction "

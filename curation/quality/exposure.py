@@ -30,7 +30,7 @@ class LuminanceConfig(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _ordered(self) -> "LuminanceConfig":
+    def _ordered(self) -> LuminanceConfig:
         if self.min_luma >= self.max_luma:
             raise ValueError(f"min_luma {self.min_luma} must be below max_luma {self.max_luma}")
         return self

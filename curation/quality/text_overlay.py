@@ -26,7 +26,8 @@ from curation.quality.deps import require
 class TextOverlayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(True, description="measure burned-in text area with RapidOCR (needs rapidocr-onnxruntime) and drop above max_area_ratio")
+    enabled: bool = Field(True, description="measure burned-in text area with RapidOCR (needs rapidocr-onnxruntime) and drop above "
+                                            "max_area_ratio")
     max_area_ratio: float = Field(
         0.02, ge=0, le=1,
         description="drop above this text area / frame area: EasyAnimate's default (filter.py min_text_score=0.02, "

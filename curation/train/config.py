@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from curation.train.data import DataConfig
+from curation.train.data_config import DataConfig
 from curation.train.encoders import EncoderConfig
 from curation.train.flow import FlowConfig
 from curation.train.model import DIT_SIZES

@@ -10,19 +10,12 @@ import json
 import random
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from curation.train import media
-
-if TYPE_CHECKING:
-    from curation.train.data import DataConfig
-
-# Which mixing group a shard `kind` feeds: images (pairs, session turns), videos (triplets) and
-# reference-conditioned edits (quads, image or video).
-KIND_GROUPS = {"pair": "image", "session": "image", "triplet": "video", "quad": "reference"}
-GROUPS = ("image", "video", "reference")
+from curation.train.data_config import KIND_GROUPS, DataConfig
 
 
 def seed_of(*parts: Any) -> int:
@@ -63,7 +56,7 @@ class ExampleMaker:
     """Raw shard sample -> Examples, by kind. Random choices (crop window, clip start) are seeded
     by (seed, epoch, key), so replaying a stream rebuilds the very same examples."""
 
-    def __init__(self, config: "DataConfig"):
+    def __init__(self, config: DataConfig):
         self.config = config
 
     def __call__(self, sample: dict[str, Any], epoch: int) -> list[Example]:

@@ -6,7 +6,8 @@ and sampling integrates the predicted velocity from t = 0 (noise) to t = 1 (data
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field

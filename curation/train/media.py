@@ -127,7 +127,7 @@ class VideoClip:
     def close(self) -> None:
         self._container.close()
 
-    def __enter__(self) -> "VideoClip":
+    def __enter__(self) -> VideoClip:
         return self
 
     def __exit__(self, *exc: object) -> None:

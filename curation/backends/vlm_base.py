@@ -1,0 +1,484 @@
+"""The VLM protocol and the request machinery every backend shares (`vlm.py` picks one by config).
+
+What is shared lives here, once: the response cache, bounded concurrency, rate limits, retries
+with backoff, cost accounting and the budget. A backend only says how to make one call
+(`_call`) and how to read its failures (`_classify`). The image editors (`image_edit.py`) ride
+on the same machinery with their own config: both configs share `transport.TransportConfig`,
+and what only a VLM has (sampling, token prices, a token rate) is read through `_sampling`,
+`_tokens_per_minute` and `_cost`, which an editor answers for itself.
+
+Runtime model: the caller (a Ray actor) calls `generate_many` synchronously, once per batch, for
+the actor's whole life. Async HTTP clients are bound to the event loop they were made on, so each
+backend owns one persistent loop in a daemon thread, creates its clients lazily on it and runs
+every batch there. Nothing connects in `__init__`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import io
+import json
+import logging
+import os
+import re
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError
+
+from curation.backends.budget import Budget
+from curation.backends.limits import Failure, RateLimiter, backoff_delay
+from curation.backends.models import DEVICE_PATTERN
+from curation.backends.transport import TransportConfig
+from curation.backends.usage import VLMError, VLMUsage
+from curation.backends.vlm_cache import VLMCache, cache_key
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A rough prompt-token price of one image for the tokens-per-minute estimate (OpenAI bills a
+# 1024 px image at up to 765 tokens); corrected with the reported usage after each call.
+IMAGE_TOKENS_ESTIMATE = 765
+
+
+class VLMConfig(TransportConfig):
+    """Which VLM to call and how hard: the transport (`TransportConfig`: endpoint, key, concurrency,
+    retries, cache, ...) at its defaults, plus what a VLM samples and what its tokens cost."""
+
+    cache_name: ClassVar[str] = "vlm"
+
+    backend: Literal["openai", "gemini", "local"] = Field(
+        description="openai (OpenAI, vLLM, SGLang), gemini, or local (transformers)")
+    tokens_per_minute: float | None = Field(None, gt=0, description="per worker, prompt + output; None = unlimited")
+    temperature: float = Field(0.0, ge=0, description="sampling temperature; 0 = greedy")
+    max_tokens: int = Field(1024, ge=1, description="output token limit per request")
+    usd_per_mtok_input: float = Field(0.0, ge=0, description="price per million prompt tokens (cost, budget)")
+    usd_per_mtok_output: float = Field(0.0, ge=0, description="price per million output tokens (cost, budget)")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="local only: auto|cpu|cuda|cuda:N")
+    dtype: str = Field("auto", description="local only: auto (bf16 on GPU, fp32 on CPU) or a torch dtype name")
+    local_batch_size: int = Field(8, ge=1, description="local only: requests per batched generate()")
+
+
+@dataclass
+class VLMRequest:
+    prompt: str
+    images: list[bytes]  # encoded JPEG/PNG, attached in order after the prompt
+    schema: type[BaseModel]  # the output model; its JSON schema constrains the output
+    cache_salt: str = ""  # e.g. the prompt template's hash; part of the cache key
+
+
+@dataclass
+class VLMReply:
+    """A response arrived (from the API, the model or the cache)."""
+
+    parsed: BaseModel | None  # validated object, or None when `raw` did not parse/validate
+    raw: str  # the model's text
+    usage: VLMUsage
+    error: str | None = None  # when parsed is None: "invalid_json: ..." or "schema_mismatch: ..."
+
+
+@dataclass
+class Completion:
+    """What one successful call of a backend returns."""
+
+    raw: str
+    prompt_tokens: int
+    completion_tokens: int
+    # The call's price when the backend knows it without tokens (an image API bills per image);
+    # None: priced from the tokens at usd_per_mtok_*.
+    usd: float | None = None
+
+
+class EmptyResponse(Exception):
+    """A call that succeeded at the transport level but carried no answer (no choices / no
+    candidates). Its tokens may still be billed. Retried by default: it is usually a provider
+    hiccup; a blocked prompt is not (`retryable=False`)."""
+
+    def __init__(self, message: str, prompt_tokens: int = 0, completion_tokens: int = 0,
+                 prefix: str = "vlm_empty_response", retryable: bool = True):
+        super().__init__(message)
+        self.failure = Failure(f"{prefix}: {message}", retryable=retryable)
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def short(text: str, limit: int = 200) -> str:
+    """One line, at most `limit` characters: reasons end up in manifests and summary tables."""
+    text = re.sub(r"\s+", " ", str(text)).strip()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@functools.cache
+def json_schema_of(schema: type[BaseModel]) -> dict[str, Any]:
+    """The schema's JSON schema (computed once per class; treat as read-only)."""
+    return schema.model_json_schema()
+
+
+def _strip_fences(raw: str) -> str:
+    """Some OpenAI-compatible servers without guided decoding wrap JSON in ```json fences."""
+    text = raw.strip()
+    if text.startswith("```"):
+        text = text.split("\n", 1)[1] if "\n" in text else ""
+        text = text.rstrip().removesuffix("```")
+    return text
+
+
+def _summarize(error: ValidationError, limit: int = 3) -> str:
+    errors = error.errors(include_url=False)
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {short(e['msg'], 80)}" for e in errors[:limit]]
+    more = f" (+{len(errors) - limit} more)" if len(errors) > limit else ""
+    return "; ".join(parts) + more
+
+
+def parse_reply(schema: type[BaseModel], raw: str) -> tuple[BaseModel | None, str | None]:
+    """(validated object, None) or (None, "invalid_json: ..." | "schema_mismatch: ...")."""
+    text = _strip_fences(raw)
+    if not text:
+        return None, "invalid_json: empty response text"
+    try:
+        # strict=False accepts raw control characters inside strings: xgrammar 0.2.8 lets them
+        # through in strings that carry minLength/maxLength (e.g. a TAB in summary_change).
+        data = json.loads(text, strict=False)
+    except json.JSONDecodeError as e:
+        return None, f"invalid_json: {e.msg} at line {e.lineno} column {e.colno}"
+    try:
+        return schema.model_validate(data), None
+    except ValidationError as e:
+        return None, f"schema_mismatch: {_summarize(e)}"
+
+
+def image_mime(data: bytes) -> str:
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return "image/jpeg"
+
+
+def shrink_image(data: bytes, max_side: int | None) -> bytes:
+    """The image with its longer side at most `max_side` (aspect kept), in its own format (PNG
+    stays PNG, anything else becomes JPEG); unchanged when already small enough. Raises
+    VLMError("vlm_bad_image: ...") for bytes that do not decode."""
+    if max_side is None:
+        return data
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if max(img.size) <= max_side:
+                return data
+            fmt = img.format
+            img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            out = io.BytesIO()
+            if fmt == "PNG":
+                img.save(out, "PNG")
+            else:
+                img.convert("RGB").save(out, "JPEG", quality=90)
+            return out.getvalue()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise VLMError(f"vlm_bad_image: {short(str(e), 120)}") from e
+
+
+def estimate_tokens(prompt: str, n_images: int, max_tokens: int) -> int:
+    """Tokens a request may use, before it is sent (~4 bytes per text token, images at
+    IMAGE_TOKENS_ESTIMATE, plus the whole output allowance as providers count it)."""
+    return len(prompt.encode()) // 4 + 1 + n_images * IMAGE_TOKENS_ESTIMATE + max_tokens
+
+
+class _LoopThread:
+    """One asyncio event loop running in a daemon thread for the backend's whole life. Its
+    default executor (used by `asyncio.to_thread`: cache I/O, image preparation, budget checks)
+    is sized to the requests in flight, so a slow cache filesystem does not serialise them."""
+
+    def __init__(self, name: str, workers: int):
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{name}-io"))
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self.thread:
+            coro.close()
+            raise RuntimeError("a VLM backend's blocking API was called from its own event loop")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        if not self.loop.is_running():
+            self.loop.close()  # also shuts its default executor down
+
+
+# --------------------------------------------------------------------------------------------
+# the protocol
+# --------------------------------------------------------------------------------------------
+
+
+class VLMBackend(ABC):
+    """Subclasses set `backend` and implement `_call` and `_classify`; `_open`/`_aclose` create
+    and release their clients on the backend's loop."""
+
+    backend: ClassVar[str]
+
+    def __init__(self, cfg: TransportConfig, budget: Budget | None = None):
+        """`cfg`: a VLMConfig, or an image editor's own config (the editor answers the VLM-only hooks)."""
+        if cfg.backend != self.backend:
+            raise ValueError(f"{type(self).__name__} got a config for backend {cfg.backend!r}")
+        self.cfg = cfg
+        self.budget = budget
+        self.cache = VLMCache(cfg.cache_location()) if cfg.cache else None
+        self._secrets: list[str] = []
+        self._thread: _LoopThread | None = None
+        self._thread_lock = threading.Lock()
+        self._opened = False
+        self._open_lock: asyncio.Lock | None = None
+        self._in_flight: asyncio.Semaphore | None = None
+        self._limiter: RateLimiter | None = None
+
+    # ---- what a backend implements ------------------------------------------------------------
+    async def _open(self) -> None:  # noqa: B027 - optional: a backend without clients has nothing to open
+        """Create clients / load the model, on the loop. May raise VLMError (e.g. vlm_auth)."""
+
+    @abstractmethod
+    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel]) -> Completion:
+        """One attempt. Raise EmptyResponse when a response carried no answer; let transport and
+        HTTP errors propagate for `_classify`."""
+
+    @abstractmethod
+    def _classify(self, exc: Exception) -> Failure | None:
+        """Map an exception from `_call` to a Failure; None means unexpected (not retried)."""
+
+    async def _aclose(self) -> None:  # noqa: B027 - optional, like _open
+        """Release clients, on the loop."""
+
+    def _call_timeout_s(self) -> float | None:
+        """A safety net above the client's own timeout (None: no limit, e.g. local generation)."""
+        return self.cfg.timeout_s + 5.0
+
+    def _max_in_flight(self) -> int:
+        return self.cfg.max_in_flight
+
+    # ---- what only a VLM config holds (an image editor answers these itself) ------------------
+    def _sampling(self) -> tuple[float, int]:
+        """(temperature, max_tokens): part of the cache key; max_tokens also bounds the token estimate."""
+        return self.cfg.temperature, self.cfg.max_tokens
+
+    def _tokens_per_minute(self) -> float | None:
+        return self.cfg.tokens_per_minute
+
+    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD of a call priced by its tokens (`Completion.usd` None)."""
+        return (prompt_tokens * self.cfg.usd_per_mtok_input + completion_tokens * self.cfg.usd_per_mtok_output) / 1e6
+
+    # ---- public API ---------------------------------------------------------------------------
+    def model_id(self) -> str:
+        base = f"{self.backend}:{self.cfg.model}"
+        return f"{base}@{self.cfg.base_url}" if self.cfg.base_url else base
+
+    def open(self) -> None:
+        """Create clients / load the model now (a stage's `setup`), not inside the first batch.
+        A failure is only logged here: the first batch retries it and records it on every row."""
+        try:
+            self._loop().run(self._ensure_open())
+        except Exception as e:  # noqa: BLE001 - reported per row by the first batch
+            log.warning("%s: could not open yet (%s); the first batch will retry", self.model_id(),
+                        short(self._scrub(str(getattr(e, "reason", e)))))
+
+    def generate_many(self, requests: list[VLMRequest]) -> list[VLMReply | VLMError]:
+        """All requests concurrently (bounded by max_in_flight and the rate limits), results in
+        input order. A per-request failure is returned as a VLMError, never raised."""
+        if not requests:
+            return []
+        return self._loop().run(self._many(list(requests)))
+
+    def generate(self, prompt: str, images: list[bytes], schema: type[BaseModel]) -> tuple[BaseModel, str, VLMUsage]:
+        """One request: (parsed, raw, usage). Raises VLMError, including "invalid_json: ..." and
+        "schema_mismatch: ..." when the response did not validate."""
+        (result,) = self.generate_many([VLMRequest(prompt, images, schema)])
+        if isinstance(result, VLMError):
+            raise result
+        if result.parsed is None:
+            raise VLMError(result.error or "invalid_json: no parsed output", result.usage)
+        return result.parsed, result.raw, result.usage
+
+    def close(self) -> None:
+        """Release clients and stop the loop thread; a later call starts afresh."""
+        with self._thread_lock:
+            thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        atexit.unregister(self.close)
+        try:
+            if self._opened:
+                thread.run(self._aclose())
+        finally:
+            thread.stop()
+            self._opened = False
+            self._open_lock = self._in_flight = self._limiter = None
+
+    def __enter__(self) -> VLMBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- machinery ----------------------------------------------------------------------------
+    def _loop(self) -> _LoopThread:
+        with self._thread_lock:
+            if self._thread is None:
+                self._thread = _LoopThread(f"vlm-{self.backend}", workers=self._max_in_flight() + 4)
+                # A Ray worker exits without anyone calling close(): release clients and tasks
+                # first, so the interpreter does not destroy them while pending.
+                atexit.register(self.close)
+            return self._thread
+
+    def _api_key(self) -> str | None:
+        """The key from the named environment variable (remembered only to scrub it from reasons)."""
+        name = self.cfg.api_key_env
+        if name is None:
+            return None
+        value = os.environ.get(name)
+        if not value:
+            raise VLMError(f"vlm_auth: environment variable {name} is not set")
+        self._secrets.append(value)
+        return value
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
+
+    async def _ensure_open(self) -> None:
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+            self._in_flight = asyncio.Semaphore(self._max_in_flight())
+            self._limiter = RateLimiter(self.cfg.requests_per_minute, self._tokens_per_minute())
+        async with self._open_lock:
+            if not self._opened:
+                await self._open()
+                self._opened = True
+
+    async def _many(self, requests: list[VLMRequest]) -> list[VLMReply | VLMError]:
+        try:
+            await self._ensure_open()
+        except VLMError as e:
+            return [VLMError(self._scrub(e.reason)) for _ in requests]
+        except Exception as e:  # noqa: BLE001 - a setup failure is every request's failure
+            reason = f"vlm_setup: {type(e).__name__}: {short(self._scrub(str(e)))}"
+            return [VLMError(reason) for _ in requests]
+        return list(await asyncio.gather(*(self._one_safe(r) for r in requests)))
+
+    async def _one_safe(self, req: VLMRequest) -> VLMReply | VLMError:
+        try:
+            return await self._one(req)
+        except VLMError as e:
+            return e
+        except Exception as e:  # noqa: BLE001 - never let one request fail the batch
+            reason = f"vlm_internal: {type(e).__name__}: {short(self._scrub(str(e)))}"
+            log.warning("%s: %s", self.model_id(), reason)
+            return VLMError(reason)
+
+    async def _charge(self, usage: VLMUsage, prompt_tokens: int, completion_tokens: int,
+                      usd: float | None = None) -> float:
+        usd = self._cost(prompt_tokens, completion_tokens) if usd is None else usd
+        usage.prompt_tokens += prompt_tokens
+        usage.completion_tokens += completion_tokens
+        usage.usd += usd
+        if self.budget is not None and usd > 0:
+            await asyncio.to_thread(self.budget.charge, usd)
+        return usd
+
+    def _failure(self, exc: Exception) -> Failure:
+        if isinstance(exc, EmptyResponse):
+            return exc.failure
+        if isinstance(exc, VLMError):  # a backend's own verdict on this request
+            return Failure(exc.reason, retryable=False)
+        if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+            return Failure(f"vlm_timeout: no response within {self.cfg.timeout_s:g}s", retryable=True)
+        failure = self._classify(exc)
+        if failure is None:
+            failure = Failure(f"vlm_error: {type(exc).__name__}: {short(str(exc))}", retryable=False)
+        return failure
+
+    async def _one(self, req: VLMRequest) -> VLMReply:
+        cfg = self.cfg
+        temperature, max_tokens = self._sampling()
+        key = None
+        if self.cache is not None:
+            key = cache_key(
+                backend=self.backend, model=cfg.model, base_url=cfg.base_url, prompt=req.prompt,
+                images=req.images, schema=json_schema_of(req.schema), temperature=temperature,
+                max_tokens=max_tokens, image_max_side=cfg.image_max_side, salt=req.cache_salt,
+            )
+            entry = await asyncio.to_thread(self.cache.get, key)
+            if entry is not None:
+                parsed, error = parse_reply(req.schema, entry["raw"])
+                return VLMReply(parsed, entry["raw"], VLMUsage(cache_hits=1), error)
+
+        images = await asyncio.to_thread(lambda: [shrink_image(img, cfg.image_max_side) for img in req.images])
+        estimate = estimate_tokens(req.prompt, len(images), max_tokens)
+        usage = VLMUsage()
+        timeout = self._call_timeout_s()
+        in_flight, limiter = self._in_flight, self._limiter
+        if in_flight is None or limiter is None:  # `_many` opened first: only a close() racing the batch gets here
+            raise VLMError("vlm_internal: the backend was closed while requests were pending")
+        for attempt in range(cfg.max_retries + 1):
+            done: Completion | None = None
+            failure = Failure("vlm_internal: backend returned no completion", retryable=False)
+            async with in_flight:
+                if self.budget is not None:
+                    try:
+                        await asyncio.to_thread(self.budget.check)
+                    except VLMError as e:
+                        raise VLMError(e.reason, usage) from None
+                await limiter.acquire(estimate)
+                usage.requests += 1
+                try:
+                    call = self._call(req.prompt, images, req.schema)
+                    done = await (asyncio.wait_for(call, timeout) if timeout else call)
+                except Exception as exc:  # noqa: BLE001 - classified below
+                    failure = self._failure(exc)
+                    if isinstance(exc, EmptyResponse):
+                        await self._charge(usage, exc.prompt_tokens, exc.completion_tokens)
+                if done is not None:
+                    # Charged before the slot is released, so the next request's budget check
+                    # sees it: with max_in_flight=1 the budget is never overshot.
+                    usd = await self._charge(usage, done.prompt_tokens, done.completion_tokens, done.usd)
+            if done is not None:
+                break
+            reason = self._scrub(failure.reason)
+            if not failure.retryable or attempt == cfg.max_retries:
+                suffix = f" (after {attempt} retries)" if attempt else ""
+                raise VLMError(reason + suffix, usage)
+            delay = backoff_delay(attempt, cfg.backoff_initial_s, cfg.backoff_max_s, failure.retry_after_s)
+            log.info("%s: %s; retry %d/%d in %.2fs", self.model_id(), reason, attempt + 1, cfg.max_retries, delay)
+            usage.retries += 1
+            await asyncio.sleep(delay)
+
+        limiter.settle(estimate, done.prompt_tokens + done.completion_tokens)
+        if key is not None:
+            this_call = VLMUsage(requests=1, prompt_tokens=done.prompt_tokens,
+                                 completion_tokens=done.completion_tokens, usd=usd)
+            await asyncio.to_thread(self.cache.put, key, done.raw, this_call.model_dump(), self.model_id())
+        parsed, error = parse_reply(req.schema, done.raw)
+        return VLMReply(parsed, done.raw, usage, error)
+

@@ -1,0 +1,136 @@
+"""Layered config: packaged YAML defaults, then a pipeline file, then `key=value` overrides.
+
+Struct mode everywhere, so a typo such as `scene_split.min_clip_sec=2` is an error that names the
+key instead of a silently ignored new key.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Literal
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict
+
+from curation.core.stage import Stage, get_stage_class, stage_names
+
+CONFIG_DIR = Path(str(files("curation") / "config"))
+
+
+class ConfigError(ValueError):
+    """A bad override or an unknown key; the message names it."""
+
+
+def stage_defaults(name: str) -> DictConfig:
+    path = CONFIG_DIR / "stage" / f"{name}.yaml"
+    if not path.exists():
+        # A plugin stage may ship without a YAML file: its pydantic defaults are its config.
+        return OmegaConf.create(get_stage_class(name)().model_dump(mode="json"))
+    return OmegaConf.load(path)
+
+
+def pipelines() -> dict[str, Path]:
+    return groups("pipeline")
+
+
+class GroupSpec(BaseModel):
+    """How a config group composes (groups.yaml): a run-level block, or a profile over everything."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["block", "profile"]
+    default: str
+
+
+def group_specs() -> dict[str, GroupSpec]:
+    """The config groups `<group>=<name>` selects, from groups.yaml (the code names none)."""
+    return {name: GroupSpec.model_validate(spec) for name, spec in OmegaConf.to_container(
+        OmegaConf.load(CONFIG_DIR / "groups.yaml")).items()}
+
+
+def groups(group: str) -> dict[str, Path]:
+    return {p.stem: p for p in sorted((CONFIG_DIR / group).glob("*.yaml"))}
+
+
+def _load_group(group: str, name: str) -> DictConfig:
+    known = groups(group)
+    if name not in known:
+        raise ConfigError(f"unknown {group} {name!r}; known: {', '.join(known)}")
+    return OmegaConf.load(known[name])
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The resolved config for `curate run` arguments such as `["pipeline=sessions", "input=x"]`.
+
+    Layers, last wins: package defaults (run.yaml, stage/*.yaml, the default of each block group
+    such as vlm/local.yaml) < profile groups (`models=tiny`) < block groups chosen on the command
+    line (`vlm=openai`) < the pipeline file < `key=value`.
+    """
+    specs = group_specs()
+    chosen: dict[str, str] = {}
+    dotlist = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        if key in specs:
+            chosen[key] = value
+        else:
+            dotlist.append(item)
+    try:
+        cli = OmegaConf.from_dotlist(dotlist)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot parse overrides: {e}") from e
+
+    base = OmegaConf.load(CONFIG_DIR / "run.yaml")
+    base.stages = []  # the ordered stage list; a pipeline file sets it, `stage=` makes it one long
+    for group, spec in specs.items():
+        # A block's default file is the key's content; a profile's key records the profile's name.
+        base[group] = _load_group(group, spec.default) if spec.kind == "block" else spec.default
+    for name in stage_names():
+        base[name] = stage_defaults(name)
+    OmegaConf.set_struct(base, True)
+    for name in stage_names():  # custom resource names are the user's own: any key may be set
+        if "custom_resources" in base[name].get("resources", {}):
+            OmegaConf.set_struct(base[name].resources.custom_resources, False)
+
+    layers = []
+    for group, spec in specs.items():
+        if spec.kind == "profile":
+            profile = chosen.get(group, spec.default)
+            layers += [_load_group(group, profile), OmegaConf.create({group: profile})]
+    for group, spec in specs.items():
+        if spec.kind == "block" and group in chosen:
+            layers.append(OmegaConf.create({group: _load_group(group, chosen[group])}))
+    pipeline = cli.get("pipeline")
+    if pipeline is not None:
+        known = pipelines()
+        if pipeline not in known:
+            raise ConfigError(f"unknown pipeline {pipeline!r}; known pipelines: {', '.join(known)}")
+        layers.append(OmegaConf.load(known[pipeline]))
+    layers.append(cli)
+    try:
+        cfg = OmegaConf.merge(base, *layers)
+    except ConfigKeyError as e:
+        raise ConfigError(f"unknown config key: {e.full_key or e}. See `curate stages` and README.md.") from e
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0]) from e
+
+    if cfg.stage is not None:
+        get_stage_class(cfg.stage)  # fails early with the list of known stages
+        if pipeline is not None:
+            raise ConfigError("give either stage=<name> or pipeline=<name>, not both")
+        cfg.stages = [cfg.stage]
+    for name in cfg.stages:
+        get_stage_class(name)
+    return cfg
+
+
+def build_stage(name: str, cfg: DictConfig | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Stage:
+    """Instantiate a stage from the resolved config (tests pass `overrides` like `["scene_split.detector=adaptive"]`)."""
+    if cfg is None:
+        cfg = compose(list(overrides))
+    options = OmegaConf.to_container(cfg[name], resolve=True)
+    return get_stage_class(name)(**options)

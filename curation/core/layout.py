@@ -1,0 +1,63 @@
+"""Where a run keeps its files. One module owns the run-directory layout, so the runner, the CLI,
+the auditors' tools and a stage that writes beside its manifest agree on every name:
+
+    <run_dir>/
+      _summary.json                 the last `curate run`'s per-stage counts and funnel
+      01-ingest/
+        _input/part-*.parquet       a source stage's listing (kind=source rows), made on its first run
+        part-*.parquet              the manifest: one part per input fragment, written atomically
+        _run.json                   config, code, counts, wall time (runinfo.RunRecord)
+      02-scene_split/ ...
+"""
+
+from __future__ import annotations
+
+from curation.core import storage
+
+RUN_JSON = "_run.json"
+SUMMARY_JSON = "_summary.json"
+INPUT_DIR = "_input"  # a source stage's listing, the root of every lineage
+PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+
+
+def stage_dirs(run_dir: str) -> list[str]:
+    """Stage output directory names of a run, in order (`01-ingest`, `02-scene_split`, ...)."""
+    return [d for d in storage.list_dirs(run_dir) if d[:2].isdigit() and "-" in d]
+
+
+def stage_name(dir_name: str) -> str:
+    """`03-filter_quality` -> `filter_quality`."""
+    return dir_name.split("-", 1)[1]
+
+
+def stage_dir_for(run_dir: str, name: str, position: int | None) -> str:
+    """Reuse the stage's existing directory (resume); else number it by pipeline position or next free."""
+    for d in stage_dirs(run_dir):
+        if stage_name(d) == name:
+            return storage.join(run_dir, d)
+    existing = [int(d[:2]) for d in stage_dirs(run_dir)]
+    number = position if position is not None else (max(existing, default=0) + 1)
+    return storage.join(run_dir, f"{number:02d}-{name}")
+
+
+def default_input(run_dir: str, name: str) -> str | None:
+    """Without `input=`, a stage reads the latest earlier stage of the same run."""
+    earlier = [d for d in stage_dirs(run_dir) if stage_name(d) != name]
+    return storage.join(run_dir, earlier[-1]) if earlier else None
+
+
+def run_dir_of(stage_dir: str) -> str:
+    return stage_dir.rstrip("/").rsplit("/", 1)[0]
+
+
+def input_dir(stage_dir: str) -> str:
+    return storage.join(stage_dir, INPUT_DIR)
+
+
+def run_json(stage_dir: str) -> str:
+    return storage.join(stage_dir, RUN_JSON)
+
+
+def manifest_parts(dir_uri: str) -> list[str]:
+    """The part files of a manifest directory (empty if there are none)."""
+    return storage.list_files(dir_uri, prefix=PART_PREFIX, suffix=PART_SUFFIX)

@@ -1,0 +1,2 @@
+"""Label vocabularies: edit categories across datasets (`categories.py`) and VINCIE's camera
+labels (`camera.py`)."""

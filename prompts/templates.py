@@ -1,0 +1,83 @@
+"""Prompt templates and their output schemas, versioned by content hash.
+
+A template is a Jinja2 file `prompts/<name>.v<N>.j2` (package data of `curation.prompts`);
+`TEMPLATES` pairs each name with the pydantic model its answer must validate against. The hash of
+the template text, without its Jinja comments, goes into the VLM response-cache key and
+`_run.json`: editing a prompt never serves stale cached answers, and editing a comment never throws
+a paid cache away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import cache, cached_property
+from importlib.resources import files
+
+import jinja2
+from pydantic import BaseModel
+
+from curation.prompts.judges import (
+    EditJudgement,
+    EditScorePQ,
+    EditScoreSC,
+    GroundedForeground,
+    GroundedObjects,
+    ReferenceScore,
+)
+from curation.prompts.transition import TransitionAnnotation
+
+# name -> (template file inside the `curation.prompts` package, output schema; None for a prompt whose
+# answer is not JSON, e.g. the instruction sent to an image-editing model)
+TEMPLATES: dict[str, tuple[str, type[BaseModel] | None]] = {
+    "transition_annotation": ("transition_annotation.v1.j2", TransitionAnnotation),
+    "edit_score_sc": ("edit_score_sc.v1.j2", EditScoreSC),
+    "edit_score_pq": ("edit_score_pq.v1.j2", EditScorePQ),
+    "edit_judge": ("edit_judge.v1.j2", EditJudgement),
+    "ground_edit_area": ("ground_edit_area.v1.j2", GroundedObjects),
+    "ground_foreground": ("ground_foreground.v1.j2", GroundedForeground),
+    "reference_score": ("reference_score.v1.j2", ReferenceScore),
+    "reference_edit": ("reference_edit.v1.j2", None),
+}
+
+
+# `{# ... #}` (with or without whitespace control): documentation, never part of a rendered prompt.
+_JINJA_COMMENT = re.compile(r"\{#.*?#\}", re.DOTALL)
+# StrictUndefined: a slot the caller forgot is an error, not an empty string in the prompt.
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    file: str
+    text: str
+    schema: type[BaseModel] | None  # None: the answer is not JSON (an image from an editing model)
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(_JINJA_COMMENT.sub("", self.text).encode()).hexdigest()[:16]
+
+    @property
+    def version(self) -> str:
+        """`<file>@<hash>`: what `_run.json` records."""
+        return f"{self.file}@{self.hash}"
+
+    @cached_property
+    def compiled(self) -> jinja2.Template:
+        """Compiled once per template: compiling costs ~1 ms, rendering ~0.01 ms, and a judge
+        renders one prompt per request (bench/judge_throughput.py)."""
+        return _ENV.from_string(self.text)
+
+    def render(self, **slots: object) -> str:
+        return self.compiled.render(**slots).strip() + "\n"
+
+
+@cache
+def load_template(name: str) -> PromptTemplate:
+    if name not in TEMPLATES:
+        raise KeyError(f"unknown prompt template {name!r}; known: {', '.join(TEMPLATES)}")
+    file, schema = TEMPLATES[name]
+    text = (files("curation.prompts") / file).read_text(encoding="utf-8")
+    return PromptTemplate(name=name, file=file, text=text, schema=schema)
