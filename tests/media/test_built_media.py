@@ -17,6 +17,14 @@ from tests.fixtures import trickymedia
 from tests.fixtures.media import ground_truth, video_path
 
 
+def display_matrix(degrees: int) -> list[int]:
+    """FFmpeg's display matrix for a counterclockwise rotation (as `av_display_rotation_set(m, -degrees)`
+    fills it): 16.16 fixed point, 2.30 in the last column."""
+    radians = np.deg2rad(degrees)
+    c, s = round(np.cos(radians) * 65536), round(np.sin(radians) * 65536)
+    return [c, -s, 0, s, c, 0, 0, 0, 1 << 30]
+
+
 def packet_pts(path: str) -> tuple[list[int], Fraction]:
     with av.open(path) as container:
         stream = container.streams.video[0]
@@ -25,7 +33,7 @@ def packet_pts(path: str) -> tuple[list[int], Fraction]:
 
 def test_rotated_file_carries_a_minus_90_degree_display_matrix():
     path = str(video_path("built/rotate-90.mp4"))
-    matrix = trickymedia.display_matrix(-90)
+    matrix = display_matrix(-90)
     assert matrix == [0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30]  # FFmpeg's layout: 16.16, last column 2.30
     # in the container: the track header's transformation matrix (big-endian), where the mp4 muxer writes it
     data = Path(path).read_bytes()
