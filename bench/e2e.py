@@ -57,7 +57,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from curation.core import storage  # noqa: E402
+from curation.core import layout, media_store, storage  # noqa: E402
 
 TEST_VIDEOS = REPO / "tests" / "data" / "videos"  # bundled for the tests (tests/data/LICENSES.md)
 EXAMPLES_MANIFEST = REPO / "manifests" / "examples.jsonl"
@@ -309,8 +309,10 @@ def replay_cpu_stages(cfg, runs: dict[str, StageRun], work: Path, repeat: int) -
         "embed": runs["ground"].stage_dir,
     }
     out = {}
+    run_dir = layout.run_dir_of(runs["ingest"].stage_dir)
     for name, src in inputs.items():
         stage = build_stage(name, cfg)
+        stage.bind_run(run_dir, str(work / f"replay-{name}"))  # media references resolve as in the run
         c0 = time.process_time()
         stage.ensure_setup()
         setup = time.process_time() - c0
@@ -351,7 +353,8 @@ def replay_cpu_stages(cfg, runs: dict[str, StageRun], work: Path, repeat: int) -
 
     from curation.backends.vlm import shrink_image
 
-    images = [f for fs in ok_rows(runs["sample_frames"].stage_dir, ["frames"]).column("frames").to_pylist() for f in fs]
+    images = [f for row in media_store.inlined_rows(ok_rows(runs["sample_frames"].stage_dir, ["frames"]), run_dir)
+              for f in row["frames"]]
     large = [im for im in images if max(Image.open(io.BytesIO(im)).size) > IMAGE_MAX_SIDE]
     timed = large or images
     c0, w0 = time.process_time(), time.perf_counter()

@@ -31,7 +31,7 @@ read nothing into a single number. Nothing here asserts on timing.
 
     .venv/bin/python bench/judge_throughput.py [--judge vlm editscore] [--in-flight 1 8 64]
         [--latency 0.2] [--seconds 6] [--waves 8] [--batch-size N] [--calls-per-worker N]
-        [--workers 1] [--repeat 1] [--image-size 64x48]
+        [--workers 1] [--repeat 1] [--image-size 1024x683]
 
 `--repeat N` runs each setting N times (each stage run followed by its direct baseline, so both see
 the same load on a shared machine) and prints medians, with the range of steady/ideal.
@@ -53,7 +53,7 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from latency_server import latency_server  # noqa: E402
+from latency_server import latency_server, photo_frames  # noqa: E402
 
 from curation.core import storage  # noqa: E402
 from curation.core.config import build_stage, compose  # noqa: E402
@@ -78,18 +78,19 @@ TEMPLATES = {"vlm": ["edit_judge"], "editscore": ["edit_score_sc", "edit_score_p
 
 
 def write_pairs(directory: Path, count: int, size: tuple[int, int], per_fragment: int = 256) -> str:
-    """`count` pair rows as ingest would write them, over distinct random-noise JPEG files."""
+    """`count` pair rows as ingest would write them, over distinct photo-like JPEG files
+    (`latency_server.photo_frames`: what a real frame weighs, where noise weighs four times more)."""
     width, height = size
     media = directory / "media"
     media.mkdir(parents=True)
-    rng = np.random.default_rng(0)
+    images = iter(photo_frames(2 * count, size))
     schema = arrow_schema(EditSourceRow, IngestColumns)
     rows = []
     for i in range(count):
         uris = []
         for side in ("src", "tgt"):
             path = media / f"{i:06d}-{side}.jpg"
-            path.write_bytes(encode_jpeg(rng.integers(0, 255, (height, width, 3), dtype=np.uint8), 80))
+            path.write_bytes(next(images))
             uris.append(str(path))
         rows.append(dict(
             sample_id=f"e{i:06d}", parent_ids=[f"s{i:06d}"], kind="pair", edit_kind="pair", source_uri=uris[0],
@@ -288,7 +289,8 @@ def main() -> None:
                         help="edit_score.resources.calls_per_worker (default: the stage's config)")
     parser.add_argument("--workers", type=int, default=1, help="edit_score actors; each gets in_flight/workers requests in flight")
     parser.add_argument("--repeat", type=int, default=1, help="rounds per setting; rates are the median over rounds")
-    parser.add_argument("--image-size", type=size, default=(64, 48), metavar="WxH", help="source and target image size")
+    parser.add_argument("--image-size", type=size, default=(1024, 683), metavar="WxH",
+                        help="source and target image size (1024 px: annotate's payload, two images a request)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 

@@ -16,7 +16,12 @@ import multiprocessing as mp
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+PHOTO = Path(__file__).resolve().parents[1] / "examples" / "media" / "skimage" / "coffee.png"
 
 
 async def _serve(port_out: Any, stop: Any, times_out: Any, answer: str, latency: float) -> None:
@@ -90,3 +95,25 @@ def latency_server(answer: dict, latency: float) -> Iterator[LatencyServer]:
         if not stop.is_set():
             server.stop()
         proc.join(timeout=10)
+
+
+def photo_frames(count: int, size: tuple[int, int], seed: int = 0, quality: int = 90) -> list[bytes]:
+    """`count` distinct JPEGs of a bundled photo at `size` (W, H), each with its own 64 px noise
+    patch: what a sampled video frame weighs (about 160 KB at 1024x683, q90), where random noise
+    would weigh four times as much and a flat image almost nothing. Distinct, so no cache or
+    per-image memo on the client can answer twice from one encoding."""
+    import cv2
+
+    from curation.media.jpeg import decode_image, encode_jpeg
+
+    width, height = size
+    base = cv2.resize(decode_image(PHOTO.read_bytes()), (width, height), interpolation=cv2.INTER_CUBIC)
+    rng = np.random.default_rng(seed)
+    patch = min(64, width, height)
+    frames = []
+    for _ in range(count):
+        image = base.copy()
+        y, x = int(rng.integers(0, height - patch + 1)), int(rng.integers(0, width - patch + 1))
+        image[y:y + patch, x:x + patch] = rng.integers(0, 255, (patch, patch, 3), dtype=np.uint8)
+        frames.append(encode_jpeg(image, quality))
+    return frames

@@ -32,7 +32,8 @@ def main() -> None:
     from curation.core.config import build_stage, compose
     from curation.core.layout import stage_dir_for
     from curation.core.ray_env import init_ray
-    from curation.core.runner import plan_fragments, run_map_stage, run_stage
+    from curation.core.runner import run_stage
+    from curation.core.streaming import plan_fragments, run_map_stage
 
     work = Path(tempfile.mkdtemp(prefix="curate-bench-"))
     try:

@@ -6,11 +6,13 @@ import json
 import sys
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import typer
 from omegaconf import OmegaConf
 
-from curation.core import layout, storage
+from curation.backends.vllm_server import ServerStartError
+from curation.core import layout, media_store, storage
 from curation.core.config import ConfigError, compose, group_specs, groups, pipelines
 from curation.core.runinfo import count_outcomes
 from curation.core.stage import registry
@@ -51,7 +53,9 @@ RUN_HELP = """Run one stage or a whole pipeline. Arguments are `key=value` overr
   curate run stage=ingest input='videos/**/*.mp4' output=runs/x cluster.address=auto
 
 \b
-Run keys: stage, pipeline, input, output, retry_errors, progress, cluster.address, cluster.num_cpus.
+Run keys: stage, pipeline, input, output, retry_errors, stream, progress, cluster.address, cluster.num_cpus.
+Groups: resources=auto|local|gpu (auto: GPU shares for model stages when the Ray cluster has GPUs),
+models=real|tiny, vlm=local|openai|gemini|vllm.
 Stage keys: <stage>.<option>, e.g. sample_frames.interval_s=2 (see `curate stages`).
 Unknown keys are errors. The resolved config and the git SHA go into each stage's _run.json.
 Rerunning the same command skips finished fragments; retry_errors=true redoes only error rows."""
@@ -62,6 +66,7 @@ def run(
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides", show_default=False),
     print_config: bool = typer.Option(False, "--print-config", help="print the resolved config and exit"),
 ) -> None:
+    from curation.core.runner import compose_for_cluster
     from curation.core.runner import run as run_config
 
     try:
@@ -73,8 +78,8 @@ def run(
         typer.echo(OmegaConf.to_yaml(cfg))
         return
     try:
-        run_config(cfg)
-    except (ValueError, FileNotFoundError) as e:
+        run_config(compose_for_cluster(overrides or []))  # resources=auto: gpu when the cluster has GPUs
+    except (ValueError, FileNotFoundError, ServerStartError) as e:  # the message names the cause; no traceback
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
 
@@ -152,8 +157,24 @@ def _find(run_dir: str, dirs: list[str], sample_id: str) -> tuple[str, dict[str,
                 continue
             table = storage.read_table(where, filter=pc.field("sample_id") == sample_id)
             if table.num_rows:
-                return (d if where.endswith(d) else f"{d}/{layout.INPUT_DIR}"), table.to_pylist()[-1]
+                row = _with_media_sizes(table.slice(table.num_rows - 1), run_dir)
+                return (d if where.endswith(d) else f"{d}/{layout.INPUT_DIR}"), row
     return None
+
+
+def _with_media_sizes(table: pa.Table, run_dir: str) -> dict[str, Any]:
+    """The table's one row with each media reference shown as `<N bytes> <reference>`: the size of
+    the file it names (listed, not read), or `<missing>` when there is none."""
+    rows = table.to_pylist()
+    found = media_store.sizes(media_store.references(rows, table.schema), run_dir)
+
+    def describe(value: bytes | str, _ext: str) -> bytes | str:
+        if isinstance(value, bytes):
+            return value  # a manifest from before references; `_printable` shows its size
+        return f"<{found[value]} bytes> {value}" if value in found else f"<missing> {value}"
+
+    media_store.map_media(rows, table.schema, describe)
+    return rows[0]
 
 
 def _statuses(run_dir: str, dirs: list[str], sample_id: str) -> list[tuple[str, str]]:

@@ -34,6 +34,7 @@ class Annotate(VLMStage):
     name: ClassVar[str] = "annotate"
     version: ClassVar[str] = "1"
     Columns: ClassVar[type[BaseModel]] = AnnotateColumns
+    reads_media: ClassVar[tuple[str, ...]] = ("frames",)
 
     template: str = Field("transition_annotation",
                           description="prompt template name (prompts/); its hash is in the cache key and _run.json")

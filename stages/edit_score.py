@@ -28,7 +28,7 @@ from curation.backends.vlm import VLMReply, VLMRequest, VLMUsage
 from curation.core import layout, storage
 from curation.core.schema import scores_of
 from curation.core.stage import Row, Threshold, failure_reason
-from curation.media.edit_media import pair_frame_indices, read_edit_frames
+from curation.media.edit_media import image_pair_as_is, pair_frame_indices, read_edit_frames
 from curation.media.jpeg import encode_jpeg
 from curation.prompts.judges import (
     EDIT_SCORE,
@@ -119,6 +119,10 @@ class EditScore(VLMStage):
         is_video = row.get("edit_kind", row["kind"]) == "triplet"
         n_src, n_tgt = row.get("num_frames") or 1, row.get("target_num_frames") or 1
         indices = pair_frame_indices(n_src, n_tgt, self.frames) if is_video else [0]
+        as_is = None if is_video else image_pair_as_is(row["source_uri"], row["target_uri"], self.vlm.image_max_side,
+                                                       self.max_pixels)
+        if as_is is not None:
+            return [(0, *as_is)]  # no decode and re-encode: the files go as they are
         pairs = read_edit_frames(row["source_uri"], row["target_uri"], indices, is_video=is_video, max_pixels=self.max_pixels)
         return [(i, encode_jpeg(src, self.jpeg_quality), encode_jpeg(tgt, self.jpeg_quality))
                 for i, (src, tgt) in zip(indices, pairs)]

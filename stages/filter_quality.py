@@ -43,6 +43,7 @@ class FilterQuality(Stage):
     name: ClassVar[str] = "filter_quality"
     version: ClassVar[str] = "1"
     Columns: ClassVar[type[BaseModel]] = FilterQualityColumns
+    reads_media: ClassVar[tuple[str, ...]] = ("frames",)
 
     quality: QualityConfig = Field(default_factory=QualityConfig, description="the checks, their switches and thresholds")
     max_pixels: int = Field(1 << 26, gt=0, description="image-bomb guard for images read from files")

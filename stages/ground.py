@@ -22,6 +22,7 @@ from curation.backends.detect import Detection as FoundBox
 from curation.backends.detect import DetectorConfig, GroundingDinoDetector, clean_query
 from curation.backends.models import model_ref
 from curation.backends.segment import Sam2Segmenter, SegmenterConfig
+from curation.core.schema import Png
 from curation.core.stage import ModelRef, Resources, Row, Stage, StageError, failure_reason
 from curation.media.jpeg import decode_image
 from curation.prompts.transition import Turn
@@ -42,8 +43,8 @@ class TurnRoE(BaseModel):
     outcome: Literal["found", "none", "unannotated"] = Field(description="found | none (nothing to find or nothing found) | unannotated")
     queries: list[str] = Field(description="distinct descriptions searched in either frame")
     detections: list[Detection] = Field(description="boxes found in both frames")
-    src_mask: bytes | None = Field(None, description="RoE of frame k: PNG, 0/255, frame size; None unless found")
-    tgt_mask: bytes | None = Field(None, description="RoE of frame k+1: PNG, 0/255, frame size; None unless found")
+    src_mask: Png | None = Field(None, description="RoE of frame k: PNG, 0/255, frame size; None unless found")
+    tgt_mask: Png | None = Field(None, description="RoE of frame k+1: PNG, 0/255, frame size; None unless found")
 
 
 class GroundColumns(BaseModel):
@@ -86,6 +87,7 @@ class Ground(Stage):
     name: ClassVar[str] = "ground"
     version: ClassVar[str] = "1"
     Columns: ClassVar[type[BaseModel]] = GroundColumns
+    reads_media: ClassVar[tuple[str, ...]] = ("frames",)
 
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="Grounding DINO: model, thresholds, batch size, device")
     segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig, description="SAM2: model, batch size, mask threshold, device")
@@ -97,6 +99,14 @@ class Ground(Stage):
     def setup(self) -> None:
         self._detector = GroundingDinoDetector(self.detector)
         self._segmenter = Sam2Segmenter(self.segmenter)
+
+    def uses_gpu(self) -> bool:
+        return True
+
+    def model_devices(self) -> dict[str, str]:
+        if self._detector is None or self._segmenter is None:
+            return {}
+        return {"detector": self._detector.device, "segmenter": self._segmenter.device}
 
     def models(self) -> dict[str, ModelRef]:
         return {"detector": model_ref(self.detector.model), "segmenter": model_ref(self.segmenter.model)}

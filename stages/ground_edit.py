@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 from curation.backends.models import model_ref
 from curation.backends.segment import Sam2Segmenter, SegmenterConfig
 from curation.backends.vlm import VLMError, VLMReply, VLMRequest, VLMUsage, shrink_image
+from curation.core.schema import Jpeg, Png
 from curation.core.stage import ModelRef, Resources, Row, failure_reason
 from curation.media.edit_media import read_edit_frames
 from curation.media.jpeg import encode_jpeg
@@ -51,11 +52,11 @@ class GroundEditColumns(BaseModel):
     edit_mode: str | None = Field(None, description="object (local edits: the edited object) or background (background change: the "
                                                     "kept foreground)")
     edit_boxes: list[EditBox] | None = Field(None, description="validated boxes in frame pixels")
-    mask_src: bytes | None = Field(None, description="background mode: foreground mask of the source's first frame (PNG 0/255)")
-    mask_tgt: bytes | None = Field(None, description="mask of the target's first frame (PNG 0/255): the edited object, or the kept "
-                                                     "foreground")
-    src_frame: bytes | None = Field(None, description="the source's first frame (JPEG) the boxes and masks refer to")
-    tgt_frame: bytes | None = Field(None, description="the target's first frame (JPEG) the boxes and masks refer to")
+    mask_src: Png | None = Field(None, description="background mode: foreground mask of the source's first frame (PNG 0/255)")
+    mask_tgt: Png | None = Field(None, description="mask of the target's first frame (PNG 0/255): the edited object, or the kept "
+                                                 "foreground")
+    src_frame: Jpeg | None = Field(None, description="the source's first frame (JPEG) the boxes and masks refer to")
+    tgt_frame: Jpeg | None = Field(None, description="the target's first frame (JPEG) the boxes and masks refer to")
     vlm_usage: VLMUsage | None = Field(None, description="grounding requests, cache hits, tokens and USD for this sample")
 
 
@@ -99,6 +100,13 @@ class GroundEdit(VLMStage):
 
     def templates(self) -> list[PromptTemplate]:
         return [load_template("ground_edit_area"), load_template("ground_foreground")]
+
+    def uses_gpu(self) -> bool:
+        return True  # SAM2, whichever VLM names the objects
+
+    def model_devices(self) -> dict[str, str]:
+        found = super().model_devices()
+        return {**found, "segmenter": self._segmenter.device} if self._segmenter is not None else found
 
     def models(self) -> dict[str, ModelRef]:
         return {**super().models(), "segmenter": model_ref(self.segmenter.model)}

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 from curation.backends.references import ReferenceInput, ReferenceSynthesizer, SynthesisConfig, make_synthesizer
 from curation.backends.references.composite import encode_reference_png, reference_problem
 from curation.backends.usage import VLMUsage
+from curation.core.schema import Png
 from curation.core.stage import ModelRef, Row, StageError, failure_reason
 from curation.media.jpeg import decode_image
 from curation.prompts.templates import PromptTemplate, load_template
@@ -31,7 +32,7 @@ from curation.stages.base.vlm import BudgetedStage
 
 
 class ReferenceColumns(BaseModel):
-    reference: bytes | None = Field(None, description="the reference image (PNG)")
+    reference: Png | None = Field(None, description="the reference image (PNG)")
     reference_width: int | None = Field(None, description="reference width in pixels")
     reference_height: int | None = Field(None, description="reference height in pixels")
     reference_backend: str | None = Field(None, description="composite, api:<model> or diffusers:<model>")
@@ -44,6 +45,7 @@ class Reference(BudgetedStage, SynthesisConfig):
     name: ClassVar[str] = "reference"
     version: ClassVar[str] = "1"
     Columns: ClassVar[type[BaseModel]] = ReferenceColumns
+    reads_media: ClassVar[tuple[str, ...]] = ("tgt_frame", "mask_tgt")
 
     # The synthesizer's settings (backend, background, margin, inpaint..., api, diffusers) are
     # this stage's fields through SynthesisConfig; these are the stage's own.
@@ -55,6 +57,13 @@ class Reference(BudgetedStage, SynthesisConfig):
     def setup(self) -> None:
         self._synthesizer = make_synthesizer(self, self.budget())
         self._synthesizer.open()
+
+    def uses_gpu(self) -> bool:
+        return self.backend == "diffusers"
+
+    def model_devices(self) -> dict[str, str]:
+        device = getattr(self._synthesizer, "device", None)
+        return {"reference": device} if device else {}
 
     def models(self) -> dict[str, ModelRef]:
         model = make_synthesizer(self).model()  # built, not opened: nothing loads

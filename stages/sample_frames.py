@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
+from curation.core.schema import Jpeg
 from curation.core.stage import Stage
 from curation.media.decode import read_frames
 from curation.media.jpeg import encode_jpeg
@@ -20,7 +21,8 @@ MIN_SESSION_FRAMES = 2  # one transition needs two frames
 class SampleFramesColumns(BaseModel):
     frame_indices: list[int] | None = Field(None, description="decode-order indices of the sampled frames in the source video")
     frame_times_s: list[float] | None = Field(None, description="presentation time of each sampled frame, seconds")
-    frames: list[bytes] | None = Field(None, description="the sampled frames as JPEG bytes, upright, display aspect")
+    frames: list[Jpeg] | None = Field(None, description="the sampled frames as JPEG bytes, upright, display aspect "
+                                                        "(stored once; manifests hold references)")
     frame_width: int | None = Field(None, description="width of the stored JPEG frames")
     frame_height: int | None = Field(None, description="height of the stored JPEG frames")
     sampling: str | None = Field(None, description="strategy that picked the frames: interval | count")

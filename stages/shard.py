@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from pydantic import BaseModel, Field
 
-from curation.core import layout, storage
-from curation.core.schema import rows_to_table
+from curation.core import layout, media_store, storage
+from curation.core.schema import media_ext, rows_to_table
 from curation.core.stage import SinkContext, SinkResult, SinkStage, failure_reason
 from curation.shards.writer import SHARD_SCHEMA_VERSION, MediaOptions, bucket_key, estimated_tar_bytes, sample_members, write_tar
 
@@ -48,7 +48,7 @@ class Shard(SinkStage):
         rows: list[dict[str, Any]] = []
         for part in layout.manifest_parts(input_uri):
             table = storage.read_table(part, filter=pc.field("status") == "ok")
-            sizes = estimated_tar_bytes(table)
+            sizes = estimated_tar_bytes(table, layout.manifest_run_dir(part))
             if self.bucket:
                 frames = self._frame_counts(table)
                 widths, heights = (table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows
@@ -95,16 +95,20 @@ class Shard(SinkStage):
         wanted = plan.filter(pc.equal(plan.column("shard"), shard))
         order = {sid: i for i, sid in enumerate(wanted.column("sample_id").to_pylist())}
         rows: list[dict[str, Any]] = []
+        schemas: dict[str, tuple[pa.Schema, str]] = {}  # sample_id -> its part's schema and run dir (media refs)
         for part in sorted(set(wanted.column("part").to_pylist())):
             table = storage.read_table(part, filter=pc.field("sample_id").isin(list(order)))
             rows.extend(table.to_pylist())
+            schemas.update(dict.fromkeys(table.column("sample_id").to_pylist(), (table.schema, layout.manifest_run_dir(part))))
         rows.sort(key=lambda r: order[r["sample_id"]])
 
         samples, bad = [], []
         media = MediaOptions(max_frames=self.max_frames, crf=self.video_crf)
         for row in rows:
             try:
-                samples.append((row["sample_id"], sample_members(row, media)))
+                with_media = dict(row)  # members are the media's bytes; the manifest keeps the references
+                media_store.inline([with_media], *schemas[row["sample_id"]])
+                samples.append((row["sample_id"], sample_members(with_media, media)))
             except Exception as e:  # noqa: BLE001 - an unreadable sample must not lose its shard
                 bad.append(self.error_row(row, f"unshardable: {failure_reason(e)}"))
         tar_uri = storage.join(shards_dir, shard)
@@ -138,10 +142,10 @@ class Shard(SinkStage):
             if row["sample_id"] not in by_sample:
                 continue
             offset, span = by_sample[row["sample_id"]]
-            light = {k: v for k, v in row.items() if not _is_media(v)}
-            light.update(stage=self.name, stage_version=self.version, shard=shard, shard_offset=offset, shard_bytes=span)
-            out_rows.append(light)
-        out_rows.extend({k: v for k, v in r.items() if not _is_media(v)} for r in bad)
+            out_rows.append(dict(row, stage=self.name, stage_version=self.version, shard=shard, shard_offset=offset,
+                                 shard_bytes=span))
+        out_rows.extend(bad)
+        # Media columns are left out (rows_to_table drops keys the schema lacks): the shards hold the media.
         schema = self.output_schema(_light_schema(storage.read_schema(wanted.column("part")[0].as_py())))
         # The manifest part is written last: it is the shard's completion marker.
         storage.write_table_atomic(rows_to_table(out_rows, schema), storage.join(stage_dir, f"part-{shard.replace('/', '__')}.parquet"))
@@ -216,11 +220,8 @@ class Shard(SinkStage):
         })
 
 
-def _is_media(value: Any) -> bool:
-    return isinstance(value, (bytes, bytearray)) or (isinstance(value, list) and bool(value) and isinstance(value[0], bytes))
-
-
 def _light_schema(schema: pa.Schema) -> pa.Schema:
-    """The input schema without media columns: the shards hold the bytes, the manifest the facts."""
+    """The input schema without media columns (references, or bytes in manifests written before
+    them): the shards hold the media, the manifest the facts."""
     heavy = (pa.binary(), pa.large_binary(), pa.list_(pa.binary()), pa.large_list(pa.binary()))
-    return pa.schema([f for f in schema if f.type not in heavy])
+    return pa.schema([f for f in schema if f.type not in heavy and media_ext(f) is None])

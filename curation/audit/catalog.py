@@ -22,7 +22,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from curation.core import layout, storage
+from curation.core import layout, media_store, storage
 from curation.core.summary import funnel
 
 LISTING = layout.INPUT_DIR  # a source stage's listing (kind=source rows), the root of every lineage
@@ -84,6 +84,7 @@ class RunCatalog:
         self._lock = threading.Lock()
         self._signature: tuple | None = None
         self._db = duckdb.connect()
+        self._arrow: dict[str, ds.Dataset] = {}  # object-storage manifests, registered on every cursor
         self.stages: list[StageManifest] = []
         self.refresh()
         if not self.stages:
@@ -137,8 +138,11 @@ class RunCatalog:
         # Object storage: a pyarrow dataset over the run's own filesystem (credentials from the environment).
         fs, _ = storage.resolve(s.uri)
         dataset = ds.dataset([storage.resolve(f)[1] for f in s.files], filesystem=fs, format="parquet")
+        # DuckDB cannot scan Arrow float16 (embeddings); no page queries them, and `row` reads rows without DuckDB.
+        dataset = dataset.replace_schema(pa.schema([f for f in dataset.schema if "halffloat" not in str(f.type)]))
         name = f"arrow_{s.view}"
         self._db.register(name, dataset)
+        self._arrow[name] = dataset
         # No filename/file_row_number from an Arrow scan: rows are fetched by sample_id instead.
         return f"(SELECT *, NULL::VARCHAR AS filename, NULL::BIGINT AS file_row_number FROM {name})"
 
@@ -148,7 +152,10 @@ class RunCatalog:
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor of its own for the calling thread (one connection is not safe across threads)."""
         with self._lock:
-            return self._db.cursor()
+            cursor = self._db.cursor()
+            for name, dataset in self._arrow.items():  # a registered Arrow object is seen only by its own connection
+                cursor.register(name, dataset)
+            return cursor
 
     # ---------------------------------------------------------------------------------- light view
 
@@ -304,8 +311,8 @@ class RunCatalog:
         return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def row(self, stage: str, sample_id: str, hit: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """The full row (every column, binary ones included) of a sample in one stage manifest.
-        `hit`: its `locate` result when the caller has it (saves a scan)."""
+        """The full row of a sample in one stage manifest, its media read from the files its
+        references name. `hit`: its `locate` result when the caller has it (saves a scan)."""
         s = self.stage(stage)
         if s is None:
             return None
@@ -315,25 +322,29 @@ class RunCatalog:
                 return None
             hit = hits[-1]
         if hit["part_file"] is not None:
-            return _read_row(hit["part_file"], hit["part_row"])
-        fs, _ = storage.resolve(s.uri)
-        table = ds.dataset([storage.resolve(f)[1] for f in s.files], filesystem=fs, format="parquet").to_table(
-            filter=ds.field("sample_id") == sample_id)
-        return table.slice(table.num_rows - 1).to_pylist()[0] if table.num_rows else None
+            table = _read_row(hit["part_file"], hit["part_row"])
+        else:
+            fs, _ = storage.resolve(s.uri)
+            table = ds.dataset([storage.resolve(f)[1] for f in s.files], filesystem=fs, format="parquet").to_table(
+                filter=ds.field("sample_id") == sample_id)
+            if not table.num_rows:
+                return None
+            table = table.slice(table.num_rows - 1)
+        return media_store.inlined_rows(table, self.run_dir)[0]
 
     def run_record(self, stage: str) -> dict[str, Any]:
         s = self.stage(stage)
         return dict(s.run) if s else {}
 
 
-def _read_row(path: str, row: int) -> dict[str, Any]:
-    """One row of a local Parquet file, reading only the row group that holds it."""
+def _read_row(path: str, row: int) -> pa.Table:
+    """One row of a local Parquet file (as a table), reading only the row group that holds it."""
     reader = pq.ParquetFile(path)
     start = 0
     for group in range(reader.metadata.num_row_groups):
         rows = reader.metadata.row_group(group).num_rows
         if row < start + rows:
             table: pa.Table = reader.read_row_group(group)
-            return table.slice(row - start, 1).to_pylist()[0]
+            return table.slice(row - start, 1)
         start += rows
     raise IndexError(f"{path} has no row {row}")

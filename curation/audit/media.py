@@ -3,9 +3,10 @@ with labels.
 
 A sample's media are named by `sample_media(row)` from its manifest row alone ("frame-2",
 "roe-0-src", "ref", ...). The browser's image URLs carry only such a name; `render` looks it up in
-that list again, so a request can never name a file. Bytes come from the manifest (frames, masks,
-references); an edit that has no frame in its row yet (a pair or triplet before `ground_edit`) is
-read from the media URIs the manifest itself holds.
+that list again, so a request can never name a file. Bytes come from the row (frames, masks,
+references: the catalog reads the files the manifest's references name); an edit that has no
+frame in its row yet (a pair or triplet before `ground_edit`) is read from the media URIs the
+manifest itself holds.
 """
 
 from __future__ import annotations

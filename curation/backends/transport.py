@@ -35,7 +35,9 @@ class TransportConfig(BaseModel):
         None, description="NAME of the env var holding the API key. Unset: openai sends 'EMPTY' (keyless "
                           "vLLM/SGLang), gemini lets the SDK read GEMINI_API_KEY/GOOGLE_API_KEY")
     max_in_flight: int = Field(8, ge=1, description="requests in flight at once, per worker")
-    requests_per_minute: float | None = Field(None, gt=0, description="per worker, paced evenly; None = unlimited")
+    requests_per_minute: float | None = Field(
+        None, gt=0, description="paced evenly; for all workers of a VLM stage together (a Ray actor holds it), "
+                                "else per process; None = unlimited")
     max_retries: int = Field(4, ge=0, description="retries on 429/5xx/timeouts/connection errors/empty responses")
     timeout_s: float = Field(60.0, gt=0, description="per HTTP request")
     backoff_initial_s: float = Field(1.0, ge=0, description="first backoff ceiling; doubles per retry (full jitter)")

@@ -1,5 +1,5 @@
-"""Vision-language model backends: one protocol, three implementations chosen by config
-(`backend: openai|gemini|local`), all returning JSON validated against a pydantic schema.
+"""Vision-language model backends: one protocol, four implementations chosen by config
+(`backend: openai|gemini|local|vllm`), all returning JSON validated against a pydantic schema.
 
 This module is what callers import: the config, the request and reply types and `make_vlm`.
 The protocol and the machinery the implementations share (response cache, bounded concurrency,
@@ -28,13 +28,14 @@ from curation.backends.vlm_base import (
 from curation.backends.vlm_gemini import GeminiVLM
 from curation.backends.vlm_local import LocalVLM
 from curation.backends.vlm_openai import OpenAIVLM
+from curation.backends.vlm_vllm import VLLMVLM
 
 __all__ = [
     "Completion", "EmptyResponse", "VLMBackend", "VLMConfig", "VLMError", "VLMReply", "VLMRequest", "VLMUsage",
     "image_mime", "json_schema_of", "make_vlm", "parse_reply", "short", "shrink_image",
 ]
 
-_BACKENDS: dict[str, type[VLMBackend]] = {"openai": OpenAIVLM, "gemini": GeminiVLM, "local": LocalVLM}
+_BACKENDS: dict[str, type[VLMBackend]] = {"openai": OpenAIVLM, "gemini": GeminiVLM, "local": LocalVLM, "vllm": VLLMVLM}
 
 
 def make_vlm(cfg: VLMConfig, budget: Budget | None = None) -> VLMBackend:

@@ -1,7 +1,8 @@
 """The VLM protocol and the request machinery every backend shares (`vlm.py` picks one by config).
 
-What is shared lives here, once: the response cache, bounded concurrency, rate limits, retries
-with backoff, cost accounting and the budget. A backend only says how to make one call
+What is shared lives here, once: the response cache, bounded concurrency, rate limits (one
+worker's, or the whole run's through a ledger actor: `limits.py`), retries with backoff, cost
+accounting and the budget. A backend only says how to make one call
 (`_call`) and how to read its failures (`_classify`). The image editors (`image_edit.py`) ride
 on the same machinery with their own config: both configs share `transport.TransportConfig`,
 and what only a VLM has (sampling, token prices, a token rate) is read through `_sampling`,
@@ -33,10 +34,11 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError
 
 from curation.backends.budget import Budget
-from curation.backends.limits import Failure, RateLimiter, backoff_delay
+from curation.backends.limits import Failure, RateLimiter, SharedRateLimiter, backoff_delay
 from curation.backends.models import DEVICE_PATTERN
 from curation.backends.transport import TransportConfig
 from curation.backends.usage import VLMError, VLMUsage
+from curation.backends.vllm_server import VLLMServerConfig
 from curation.backends.vlm_cache import VLMCache, cache_key
 
 log = logging.getLogger(__name__)
@@ -54,9 +56,10 @@ class VLMConfig(TransportConfig):
 
     cache_name: ClassVar[str] = "vlm"
 
-    backend: Literal["openai", "gemini", "local"] = Field(
-        description="openai (OpenAI, vLLM, SGLang), gemini, or local (transformers)")
-    tokens_per_minute: float | None = Field(None, gt=0, description="per worker, prompt + output; None = unlimited")
+    backend: Literal["openai", "gemini", "local", "vllm"] = Field(
+        description="openai (OpenAI, vLLM, SGLang), gemini, local (transformers), or vllm (servers the run starts)")
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="prompt + output, for all workers of the stage together; None = unlimited")
     temperature: float = Field(0.0, ge=0, description="sampling temperature; 0 = greedy")
     max_tokens: int = Field(1024, ge=1, description="output token limit per request")
     usd_per_mtok_input: float = Field(0.0, ge=0, description="price per million prompt tokens (cost, budget)")
@@ -64,6 +67,7 @@ class VLMConfig(TransportConfig):
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="local only: auto|cpu|cuda|cuda:N")
     dtype: str = Field("auto", description="local only: auto (bf16 on GPU, fp32 on CPU) or a torch dtype name")
     local_batch_size: int = Field(8, ge=1, description="local only: requests per batched generate()")
+    server: VLLMServerConfig | None = Field(None, description="vllm only: the servers the run starts (None: defaults)")
 
 
 @dataclass
@@ -251,7 +255,10 @@ class VLMBackend(ABC):
         self._opened = False
         self._open_lock: asyncio.Lock | None = None
         self._in_flight: asyncio.Semaphore | None = None
-        self._limiter: RateLimiter | None = None
+        self._limiter: RateLimiter | SharedRateLimiter | None = None
+        # The name of the run's rate ledger actor (`limits.create_rate_ledger`), set by the stage
+        # before the first batch: the rate limits then hold for all workers together.
+        self.rate_ledger: str | None = None
 
     # ---- what a backend implements ------------------------------------------------------------
     async def _open(self) -> None:  # noqa: B027 - optional: a backend without clients has nothing to open
@@ -371,7 +378,10 @@ class VLMBackend(ABC):
         if self._open_lock is None:
             self._open_lock = asyncio.Lock()
             self._in_flight = asyncio.Semaphore(self._max_in_flight())
-            self._limiter = RateLimiter(self.cfg.requests_per_minute, self._tokens_per_minute())
+            if self.rate_ledger is not None:
+                self._limiter = SharedRateLimiter(self.rate_ledger, self.cfg.requests_per_minute, self._tokens_per_minute())
+            else:
+                self._limiter = RateLimiter(self.cfg.requests_per_minute, self._tokens_per_minute())
         async with self._open_lock:
             if not self._opened:
                 await self._open()

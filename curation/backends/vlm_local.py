@@ -104,6 +104,7 @@ class LocalVLM(VLMBackend):
         device = pick_device(self.cfg.device)
         model = AutoModelForImageTextToText.from_pretrained(resolved.path, dtype=pick_dtype(self.cfg.dtype, device))
         self._model = model.to(device).eval()
+        self.device = str(self._model.device)  # where it really landed: the runner warns about cpu on a GPU cluster
         self._processor = AutoProcessor.from_pretrained(resolved.path)
         self._tokenizer = self._processor.tokenizer
         self._tokenizer.padding_side = "left"  # generation appends on the right

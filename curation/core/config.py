@@ -35,6 +35,15 @@ def pipelines() -> dict[str, Path]:
     return groups("pipeline")
 
 
+class AutoChoice(BaseModel):
+    """A profile named `auto` that becomes another one once the run has seen the Ray cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: str  # the profile to use when the cluster has GPUs
+    none: str  # ... and when it has none
+
+
 class GroupSpec(BaseModel):
     """How a config group composes (groups.yaml): a run-level block, or a profile over everything."""
 
@@ -42,6 +51,7 @@ class GroupSpec(BaseModel):
 
     kind: Literal["block", "profile"]
     default: str
+    auto: AutoChoice | None = None
 
 
 def group_specs() -> dict[str, GroupSpec]:
@@ -61,12 +71,16 @@ def _load_group(group: str, name: str) -> DictConfig:
     return OmegaConf.load(known[name])
 
 
-def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+def compose(overrides: list[str] | tuple[str, ...] = (), gpus: bool | None = None) -> DictConfig:
     """The resolved config for `curate run` arguments such as `["pipeline=sessions", "input=x"]`.
 
     Layers, last wins: package defaults (run.yaml, stage/*.yaml, the default of each block group
     such as vlm/local.yaml) < profile groups (`models=tiny`) < block groups chosen on the command
     line (`vlm=openai`) < the pipeline file < `key=value`.
+
+    A profile group chosen as `auto` (groups.yaml's `auto:`) resolves by `gpus`, whether the Ray
+    cluster has GPUs: None (not connected yet) applies its `none` profile but keeps the name
+    `auto`, so `needs_cluster_facts` tells the caller to connect and compose again.
     """
     specs = group_specs()
     chosen: dict[str, str] = {}
@@ -100,7 +114,11 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     for group, spec in specs.items():
         if spec.kind == "profile":
             profile = chosen.get(group, spec.default)
-            layers += [_load_group(group, profile), OmegaConf.create({group: profile})]
+            recorded = profile
+            if profile == "auto" and spec.auto is not None:
+                profile = spec.auto.gpus if gpus else spec.auto.none
+                recorded = "auto" if gpus is None else profile
+            layers += [_load_group(group, profile), OmegaConf.create({group: recorded})]
     for group, spec in specs.items():
         if spec.kind == "block" and group in chosen:
             layers.append(OmegaConf.create({group: _load_group(group, chosen[group])}))
@@ -126,6 +144,11 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     for name in cfg.stages:
         get_stage_class(name)
     return cfg
+
+
+def needs_cluster_facts(cfg: DictConfig) -> bool:
+    """Whether a profile group is still `auto`: compose again with `gpus=` once Ray is connected."""
+    return any(spec.auto is not None and cfg.get(group) == "auto" for group, spec in group_specs().items())
 
 
 def build_stage(name: str, cfg: DictConfig | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Stage:

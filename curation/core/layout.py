@@ -8,6 +8,9 @@ the auditors' tools and a stage that writes beside its manifest agree on every n
         part-*.parquet              the manifest: one part per input fragment, written atomically
         _run.json                   config, code, counts, wall time (runinfo.RunRecord)
       02-scene_split/ ...
+      04-sample_frames/
+        media/ab/ab12…f0.jpg        media this stage made, stored once by content (media_store.py);
+                                    its manifest and later ones hold `04-sample_frames/media/ab/ab12…f0.jpg`
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from curation.core import storage
 RUN_JSON = "_run.json"
 SUMMARY_JSON = "_summary.json"
 INPUT_DIR = "_input"  # a source stage's listing, the root of every lineage
+MEDIA_DIR = "media"  # a stage's content-addressed media files
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 
 
@@ -48,6 +52,16 @@ def default_input(run_dir: str, name: str) -> str | None:
 
 def run_dir_of(stage_dir: str) -> str:
     return stage_dir.rstrip("/").rsplit("/", 1)[0]
+
+
+def manifest_run_dir(part_uri: str) -> str:
+    """The run dir of a manifest part file (`<run_dir>/<NN-stage>/part-*.parquet`): relative media
+    references in it resolve against this."""
+    return run_dir_of(run_dir_of(part_uri))
+
+
+def media_dir(stage_dir: str) -> str:
+    return storage.join(stage_dir, MEDIA_DIR)
 
 
 def input_dir(stage_dir: str) -> str:

@@ -28,6 +28,35 @@ class ArrowType:
         self.arrow_type = arrow_type
 
 
+class Media:
+    """Annotation marker of a media column: `Annotated[bytes, Media("jpg")]`, or a list of those.
+
+    A stage makes and reads the encoded bytes, but a manifest holds a reference to the file the
+    media store wrote once (`curation.core.media_store`): the Arrow type is string (list<string>),
+    and the field's metadata names the file extension, so every reader (shard, audit, show) tells
+    media columns apart from the Parquet schema alone, nested ones included.
+    """
+
+    def __init__(self, ext: str):
+        if not ext.isalnum():
+            raise ValueError(f"media extension must be alphanumeric, got {ext!r}")
+        self.ext = ext
+
+
+MEDIA_KEY = b"curate.media"  # Arrow field metadata key of a media column; its value is the extension
+
+
+# The media columns stages declare: `frames: list[Jpeg] | None`, `mask_tgt: Png | None`.
+Jpeg = Annotated[bytes, Media("jpg")]
+Png = Annotated[bytes, Media("png")]
+
+
+def media_ext(field: pa.Field) -> str | None:
+    """The file extension of a media column (`frames`, a mask, ...), or None for any other field."""
+    value = (field.metadata or {}).get(MEDIA_KEY)
+    return value.decode() if value is not None else None
+
+
 class SampleRow(BaseModel):
     """Columns every manifest row has (DESIGN.md §4)."""
 
@@ -72,6 +101,10 @@ def _arrow_type(annotation: Any) -> pa.DataType:
         for m in meta:
             if isinstance(m, ArrowType):
                 return m.arrow_type
+            if isinstance(m, Media):
+                if base is not bytes:
+                    raise TypeError(f"Media marks bytes, not {base!r}")
+                return pa.string()  # the reference; the bytes live in the media store
         return _arrow_type(base)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(annotation) if a is not type(None)]
@@ -89,8 +122,18 @@ def _arrow_type(annotation: Any) -> pa.DataType:
         return _SCALARS[annotation]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         # A nested model is a struct column (e.g. a session's per-turn annotations).
-        return pa.struct([pa.field(f.name, f.type, f.nullable) for f in arrow_schema(annotation)])
+        return pa.struct(list(arrow_schema(annotation)))
     raise TypeError(f"no Arrow type for {annotation!r}")
+
+
+def _media_of(annotation: Any) -> Media | None:
+    """The `Media` marker of a field's annotation (through Optional and list), if any."""
+    if get_origin(annotation) is Annotated:
+        found = [m for m in get_args(annotation)[1:] if isinstance(m, Media)]
+        return found[0] if found else _media_of(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType, list, tuple, typing.Sequence):
+        return next((m for m in map(_media_of, get_args(annotation)) if m is not None), None)
+    return None
 
 
 def arrow_schema(*models: type[BaseModel]) -> pa.Schema:
@@ -103,7 +146,9 @@ def arrow_schema(*models: type[BaseModel]) -> pa.Schema:
             annotation = info.annotation
             if info.metadata:
                 annotation = Annotated[(annotation, *info.metadata)]
-            fields[name] = pa.field(name, _arrow_type(annotation), nullable=not info.is_required())
+            media = _media_of(annotation)
+            fields[name] = pa.field(name, _arrow_type(annotation), nullable=not info.is_required(),
+                                    metadata={MEDIA_KEY: media.ext.encode()} if media else None)
     return pa.schema(list(fields.values()))
 
 

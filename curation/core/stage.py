@@ -19,7 +19,8 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from curation.core import layout, storage
+from curation.core import layout, media_store, storage
+from curation.core.media_store import MediaStore
 from curation.core.schema import SampleRow, Status, arrow_schema, make_sample_id, merge_schemas, rows_to_table
 
 Row = dict[str, Any]
@@ -37,7 +38,9 @@ class Resources(BaseModel):
         default_factory=dict, description="Ray custom resources per worker, e.g. {gpu_node: 1}: the stage's workers "
         "run only on nodes started with them (`ray start --resources`), so GPU stages land on GPU worker groups")
     batch_size: int = Field(8, ge=1, description="rows per batch handed to the stage")
-    concurrency: tuple[int, int] = Field((1, 2), description="(min, max) workers in the actor pool")
+    concurrency: tuple[int, int | None] = Field(
+        (1, 2), description="(min, max) workers in the actor pool; max null = as many as the cluster's CPUs, "
+        "GPUs and custom resources hold (the runner sizes it when the stage starts)")
     calls_per_worker: int = Field(
         1, ge=1, description="batches one worker runs at once (threads); >1 only for thread-safe, I/O-bound "
         "stages such as API calls, so the next batch's requests start while the last ones drain")
@@ -45,7 +48,7 @@ class Resources(BaseModel):
     @model_validator(mode="after")
     def _check_concurrency(self) -> Resources:
         lo, hi = self.concurrency
-        if not 1 <= lo <= hi:
+        if not 1 <= lo <= (lo if hi is None else hi):
             raise ValueError(f"concurrency must be (min, max) with 1 <= min <= max, got {self.concurrency}")
         return self
 
@@ -99,10 +102,14 @@ class Stage(BaseModel):
     version: ClassVar[str]
     # Columns this stage adds to its input's columns ("added, never renamed").
     Columns: ClassVar[type[BaseModel]] = BaseModel
+    # Media columns whose bytes this stage reads. Manifests hold references (`media_store`); only
+    # these are read into the rows the stage sees, every other media column passes by reference.
+    reads_media: ClassVar[tuple[str, ...]] = ()
 
     resources: Resources = Field(default_factory=Resources, description="Ray resources per worker")
 
     _ready: bool = PrivateAttr(default=False)
+    _media: MediaStore | None = PrivateAttr(default=None)
 
     # ---- lifecycle -------------------------------------------------------------------------
     def setup(self) -> None:
@@ -112,6 +119,12 @@ class Stage(BaseModel):
         if not self._ready:
             self.setup()
             self._ready = True
+
+    def bind_run(self, run_dir: str, stage_dir: str) -> None:
+        """Where this run keeps its files: media references resolve against `run_dir`, and media
+        this stage makes are stored once under `stage_dir`. The runner calls it on the driver;
+        the store travels to the workers with the stage."""
+        self._media = MediaStore(run_dir=run_dir, stage_dir=stage_dir)
 
     def on_driver_start(self) -> None:
         """Runs once on the driver before any worker starts: create services the workers share
@@ -154,9 +167,20 @@ class Stage(BaseModel):
         return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """The runner's entry: Arrow in, Arrow out, with exactly this stage's output schema."""
+        """The runner's entry: Arrow in, Arrow out, with exactly this stage's output schema. The
+        stage sees the bytes of the media it reads; its output holds references, new media being
+        stored once. A stage called outside a run (a unit test, a notebook) has nowhere to store
+        them, so its media columns stay bytes."""
         self.ensure_setup()
-        return rows_to_table(self.process_batch(batch.to_pylist()), self.output_schema(batch.schema))
+        rows = batch.to_pylist()
+        schema = self.output_schema(batch.schema)
+        if self._media is None:
+            media_store.inline(rows, batch.schema, None)
+            return rows_to_table(self.process_batch(rows), media_store.inlined_schema(schema))
+        known = media_store.inline(rows, batch.schema, self._media.run_dir, self.reads_media)
+        out = self.process_batch(rows)
+        media_store.store(out, schema, self._media, known)
+        return rows_to_table(out, schema)
 
     def output_schema(self, input_schema: pa.Schema) -> pa.Schema:
         """Input columns plus the ones this stage adds; private (`_`) columns ride along for the runner."""
@@ -198,6 +222,17 @@ class Stage(BaseModel):
     # ---- what _run.json records ------------------------------------------------------------
     def models(self) -> dict[str, ModelRef]:
         """Models this stage loads, by role; none by default."""
+        return {}
+
+    def uses_gpu(self) -> bool:
+        """Whether this stage, as configured, runs a model that a GPU speeds up. A GPU resource
+        profile gives GPU shares only to such stages: an API-backed VLM stage or a CPU detector
+        holding a GPU share would leave it idle."""
+        return False
+
+    def model_devices(self) -> dict[str, str]:
+        """Where each loaded model ended up (role -> torch device), read on a worker after
+        `setup()`: the runner warns when a model runs on the CPU while the cluster has GPUs."""
         return {}
 
     def thresholds(self) -> list[Threshold]:

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
-from curation.core import layout, storage
+from curation.core import layout, media_store, storage
 from curation.media.jpeg import decode_image
 from curation.media.representative import pixel_hash
 
@@ -53,8 +54,8 @@ def _from_manifest(uri: str, embed_rows: Callable[[list[dict[str, Any]]], list[d
     vectors: list[np.ndarray] = []
     hashes: list[str | None] = []
     for part in layout.manifest_parts(uri):
-        table = storage.read_table(part)
-        rows = [r for r in table.to_pylist() if r.get("status") == "ok"]
+        table = storage.read_table(part, filter=pc.field("status") == "ok")
+        rows = media_store.inlined_rows(table, layout.manifest_run_dir(part))
         for start in range(0, len(rows), EMBED_BATCH):
             for row in embed_rows(rows[start:start + EMBED_BATCH]):
                 if row.get("status") != "ok":

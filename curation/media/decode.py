@@ -65,6 +65,67 @@ def iter_frames(
                 yield index, frame.pts, convert(frame)
 
 
+class SpanMismatch(Exception):
+    """Decoding from a keyframe did not give the frames the demuxed packets promised (a pts missing,
+    repeated or unexpected, a seek landing elsewhere, fewer or more frames): the caller falls back
+    to one sequential pass, which defines frame indices."""
+
+
+def iter_span_frames(
+    path: str,
+    *,
+    keyframe: int,
+    expected_pts: Sequence[int],
+    start: int,
+    stop: int,
+    at_end: bool,
+    size: tuple[int, int] | None = None,
+    fmt: str = "rgb24",
+    threads: int = 0,
+    interpolation: str = "AREA",
+) -> Iterator[tuple[int, int | None, np.ndarray]]:
+    """Yield `(index, pts, image)` for frames `start <= index < stop`, decoded from the keyframe at
+    index `keyframe`, each equal to what `iter_frames` yields at that index, or raise `SpanMismatch`.
+
+    `expected_pts` are the pts of frames `keyframe, keyframe + 1, …` in presentation order, from a
+    demux pass (`curation.media.segments`). Every decoded frame from the keyframe on must carry
+    exactly the next one, so each index is checked rather than assumed; frames before the keyframe
+    that the decoder still outputs (leading pictures of an open GOP, which belong to the span
+    before) are skipped. `at_end`: `stop` is the video's last frame + 1, and the stream must end there.
+    """
+    if not keyframe <= start < stop <= keyframe + len(expected_pts) or (at_end and stop != keyframe + len(expected_pts)):
+        raise ValueError(f"span [{start}, {stop}) is not inside the {len(expected_pts)} frames from keyframe {keyframe}")
+    keyframe_pts = expected_pts[0]
+    with open_container(path) as container:
+        stream = _prepare(container, threads)
+        convert = _Converter(stream, size, fmt, interpolation)
+        if keyframe > 0:
+            try:
+                container.seek(keyframe_pts, stream=stream, backward=True, any_frame=False)
+            except av.FFmpegError as e:
+                raise SpanMismatch(f"seek failed: {e}") from e
+        index = None
+        for frame in decode_video(container, stream):
+            if index is None:
+                if frame.pts is not None and frame.pts < keyframe_pts:
+                    continue
+                if frame.pts != keyframe_pts or (keyframe > 0 and not frame.key_frame):
+                    raise SpanMismatch(f"decoding from keyframe {keyframe} (pts {keyframe_pts}) began at pts {frame.pts}")
+                index = keyframe
+            else:
+                index += 1
+                if index >= stop:
+                    if at_end:
+                        raise SpanMismatch(f"frame {index} decoded beyond the {stop} packets demuxed")
+                    return
+                if frame.pts != expected_pts[index - keyframe]:
+                    raise SpanMismatch(f"frame {index} has pts {frame.pts}, the packets say {expected_pts[index - keyframe]}")
+            if index >= start:
+                yield index, frame.pts, convert(frame)
+        if index is None or index < stop - 1:
+            raise SpanMismatch(f"the stream ended at frame {index}, before frame {stop - 1}")
+
+
 def decode_video(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
     """Decoded frames of `stream` from the container's current position, skipping rejected packets."""
     for packet in container.demux(stream):

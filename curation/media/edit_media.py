@@ -21,6 +21,7 @@ Conventions:
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import tempfile
@@ -89,6 +90,40 @@ def load_image(uri: str, max_pixels: int) -> np.ndarray:
         raise StageError("decode_failed: not a readable image")
     _check_pixels(bgr.shape[1], bgr.shape[0], max_pixels)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def image_file_as_is(uri: str, max_side: int | None, max_pixels: int) -> bytes | None:
+    """The image file's own bytes when a VLM can be sent them unchanged, else None (decode it).
+
+    Why: for image pairs a judge's main CPU cost was decoding each file and encoding it again as
+    JPEG, for nothing when the file already is a complete, upright RGB or grey JPEG or PNG within
+    the size the client would shrink it to. Only the header is parsed (Pillow); the bomb check
+    still applies; a file cut short (no JPEG EOI / PNG IEND at its end) or EXIF-rotated is
+    decoded, so its error or orientation is handled as before.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    _check_file(uri)
+    data = storage.read_bytes(uri)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, (width, height), mode, orientation = img.format, img.size, img.mode, img.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+    _check_pixels(width, height, max_pixels)
+    complete = {"JPEG": data.rstrip(b"\0").endswith(b"\xff\xd9"), "PNG": b"IEND" in data[-16:]}.get(fmt or "", False)
+    small = max_side is None or max(width, height) <= max_side
+    return data if complete and small and orientation == 1 and mode in ("RGB", "L") else None
+
+
+def image_pair_as_is(source_uri: str, target_uri: str, max_side: int | None, max_pixels: int) -> tuple[bytes, bytes] | None:
+    """Both files' own bytes when both can be sent unchanged (`image_file_as_is`), else None;
+    a failure names its side, as `read_edit_frames` does."""
+    sent = []
+    for side, uri in (("source", source_uri), ("target", target_uri)):
+        with _side(side):
+            sent.append(image_file_as_is(uri, max_side, max_pixels))
+    return (sent[0], sent[1]) if sent[0] is not None and sent[1] is not None else None
 
 
 def pair_frame_indices(n_src: int, n_tgt: int, k: int) -> list[int]:

@@ -15,6 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from curation.core import media_store
+from curation.core.schema import media_ext
+
 SHARD_SCHEMA_VERSION = 1
 # Columns never copied into the `json` member: media bytes (they are members of their own) and
 # per-frame timestamp lists that only the decoder needs.
@@ -191,19 +194,29 @@ def zero_mask_png(width: int, height: int) -> bytes:
 _METADATA_ALLOWANCE = 4096
 
 
-def estimated_tar_bytes(table: pa.Table) -> np.ndarray:
-    """Per-row bytes the samples will take in a tar, from Arrow buffer lengths alone (no Python
-    copies of the media): each binary value, or each item of a list of binaries, is one member."""
+def estimated_tar_bytes(table: pa.Table, run_dir: str | None = None) -> np.ndarray:
+    """Per-row bytes the samples will take in a tar, without reading any media: each binary value,
+    or each item of a list of binaries, is one member (its Arrow buffer length); so is each media
+    reference (its file's size, listed from the media store; relative ones resolve under `run_dir`)."""
     total = np.full(table.num_rows, _METADATA_ALLOWANCE, dtype=np.int64)
     for field in table.schema:
         column = table.column(field.name)
-        if pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
-            lengths = pc.fill_null(pc.binary_length(column), 0).to_numpy()
-            total += 512 + -(-lengths // 512) * 512
-        elif pa.types.is_list(field.type) and pa.types.is_binary(field.type.value_type):
-            items = pc.list_flatten(column)
-            lengths = pc.fill_null(pc.binary_length(items), 0).to_numpy()
-            np.add.at(total, pc.list_parent_indices(column).to_numpy(), 512 + -(-lengths // 512) * 512)
+        is_list = pa.types.is_list(field.type)
+        value_type = field.type.value_type if is_list else field.type
+        if media_ext(field) is not None and pa.types.is_string(value_type):
+            refs = (pc.list_flatten(column) if is_list else column).to_pylist()
+            found = media_store.sizes([r for r in refs if r], run_dir)
+            missing = [r for r in refs if r and r not in found]
+            if missing:
+                raise FileNotFoundError(f"{len(missing)} media files of column {field.name} are missing, e.g. "
+                                        f"{media_store.resolve(missing[0], run_dir)}")
+            lengths = np.array([found[r] if r else 0 for r in refs], np.int64)
+        elif pa.types.is_binary(value_type) or pa.types.is_large_binary(value_type):
+            lengths = pc.fill_null(pc.binary_length(pc.list_flatten(column) if is_list else column), 0).to_numpy()
+        else:
+            continue
+        rows = pc.list_parent_indices(column).to_numpy() if is_list else np.arange(table.num_rows)
+        np.add.at(total, rows, 512 + -(-lengths // 512) * 512)
     return total
 
 

@@ -43,6 +43,15 @@ class EmbeddingStage(Stage):
 
     # dedup reuses the vectors an earlier `embed` wrote with the same embedder; embed always computes.
     reuses_vectors: ClassVar[bool] = False
+    # The representative image: a session's middle frame or a quad's reference (others come from URIs).
+    reads_media: ClassVar[tuple[str, ...]] = ("frames", "reference")
+
+    def uses_gpu(self) -> bool:
+        return self.embedder.backend != "phash"  # the perceptual hash is numpy on the CPU
+
+    def model_devices(self) -> dict[str, str]:
+        device = getattr(self._embedder, "device", None)
+        return {"embedder": device} if device else {}
 
     def models(self) -> dict[str, ModelRef]:
         if self.embedder.backend == "phash":

@@ -16,7 +16,10 @@ import pyarrow.compute as pc
 from pydantic import Field, PrivateAttr
 
 from curation.backends.budget import Budget, create_ledger
+from curation.backends.limits import create_rate_ledger
 from curation.backends.models import model_ref
+from curation.backends.vllm_pool import ServerPool, acquire_servers, release_servers
+from curation.backends.vllm_server import VLLMServerConfig
 from curation.backends.vlm import VLMBackend, VLMConfig, VLMError, VLMReply, VLMRequest, VLMUsage, make_vlm
 from curation.core import storage
 from curation.core.stage import ModelRef, Stage
@@ -26,39 +29,54 @@ Reply = VLMReply | VLMError
 
 
 class BudgetedStage(Stage):
-    """A stage that pays for API calls: one spend total (`budget.max_usd`) for all its workers."""
+    """A stage that pays for API calls: one spend total (`budget.max_usd`) and one request and
+    token rate (`rate_limits`) for all its workers, each held by a named Ray actor."""
 
     max_usd: float | None = Field(None, ge=0, description="stop sending requests once the estimated spend reaches this (top-level "
                                                           "`budget.max_usd`)")
 
     _ledger_name: str | None = PrivateAttr(default=None)
     _ledger: Any = PrivateAttr(default=None)
+    _rate_ledger_name: str | None = PrivateAttr(default=None)
+    _rate_ledger: Any = PrivateAttr(default=None)
+
+    def rate_limits(self) -> tuple[float | None, float | None]:
+        """(requests, tokens) per minute the API allows this stage's whole run; None: no limit."""
+        return None, None
 
     def budget(self) -> Budget | None:
         """The worker's view of the shared ledger (None: no cap)."""
         return Budget(self.max_usd, self._ledger_name) if self.max_usd is not None else None
 
     def on_driver_start(self) -> None:
-        """One spend total for all workers: a named Ray actor, owned by the driver."""
+        """One spend total and one rate for all workers: named Ray actors, owned by the driver.
+        Without Ray there is one process, whose own limiter holds the rate."""
         import ray
 
-        if self.max_usd is not None and ray.is_initialized():
+        if not ray.is_initialized():
+            return
+        if self.max_usd is not None:
             self._ledger_name = f"curate-vlm-ledger-{uuid.uuid4().hex[:12]}"
             self._ledger = create_ledger(self._ledger_name)
+        requests, tokens = self.rate_limits()
+        if requests or tokens:
+            self._rate_ledger_name = f"curate-vlm-rates-{uuid.uuid4().hex[:12]}"
+            self._rate_ledger = create_rate_ledger(self._rate_ledger_name, requests, tokens)
 
     def on_driver_end(self) -> None:
-        if self._ledger is not None:
-            import ray
+        for attr in ("_ledger", "_rate_ledger"):
+            if getattr(self, attr) is not None:
+                import ray
 
-            ray.kill(self._ledger)
-            self._ledger = None
+                ray.kill(getattr(self, attr))
+                setattr(self, attr, None)
 
     def __getstate__(self) -> dict[str, Any]:
         # The ledger handle and loaded models/clients stay where they were made; workers get the
-        # ledger's name and set up their own backends.
+        # ledgers' names and the run's media store, and set up their own backends.
         state = super().__getstate__()
         private = dict(state.get("__pydantic_private__") or {})
-        private.update({name: None for name in private if name != "_ledger_name"}, _ready=False)
+        private.update({name: None for name in private if name not in ("_ledger_name", "_rate_ledger_name", "_media")}, _ready=False)
         state["__pydantic_private__"] = private
         return state
 
@@ -66,19 +84,50 @@ class BudgetedStage(Stage):
 class VLMStage(BudgetedStage):
     """Base class of the stages that call a VLM (annotate, edit_score, ground_edit, score_reference)."""
 
-    vlm: VLMConfig = Field(description="the VLM backend (top-level `vlm=openai|gemini|local` and `vlm.*` keys)")
+    vlm: VLMConfig = Field(description="the VLM backend (top-level `vlm=openai|gemini|local|vllm` and `vlm.*` keys)")
     validation_retries: int = Field(1, ge=0, description="times a request whose answer fails the schema is asked again with the error")
 
     _backend: VLMBackend | None = PrivateAttr(default=None)
+    _servers: ServerPool | None = PrivateAttr(default=None)
 
     # ---- what a subclass says ---------------------------------------------------------------
     def templates(self) -> list[PromptTemplate]:
         """The prompt templates this stage renders (their versions go into `_run.json`)."""
         return []
 
+    def on_driver_start(self) -> None:
+        """The ledger, and with `vlm=vllm` the servers: workers get their URLs in `vlm.server.urls`."""
+        super().on_driver_start()
+        if self.vlm.backend != "vllm":
+            return
+        server = self.vlm.server or VLLMServerConfig()
+        try:
+            self._servers = acquire_servers(server, self.vlm.model)
+        except BaseException:
+            super().on_driver_end()  # the runner ends only stages that started
+            raise
+        self.vlm = self.vlm.model_copy(update={"server": server.model_copy(update={"urls": self._servers.urls})})
+
+    def on_driver_end(self) -> None:
+        if self._servers is not None:
+            release_servers(self._servers)
+            self._servers = None
+        super().on_driver_end()
+
+    def rate_limits(self) -> tuple[float | None, float | None]:
+        return self.vlm.requests_per_minute, self.vlm.tokens_per_minute
+
     def setup(self) -> None:
         self._backend = make_vlm(self.vlm, self.budget())
+        self._backend.rate_ledger = self._rate_ledger_name  # None: this worker's own limiter
         self._backend.open()  # load the local model / create clients once per worker, here
+
+    def uses_gpu(self) -> bool:
+        return self.vlm.backend == "local"  # API and vLLM-server backends only wait on HTTP
+
+    def model_devices(self) -> dict[str, str]:
+        device = getattr(getattr(self, "_backend", None), "device", None)
+        return {"vlm": device} if device else {}
 
     def models(self) -> dict[str, ModelRef]:
         """The VLM, and the prompt templates it is asked with (a template's version is part of what answers)."""

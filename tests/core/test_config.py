@@ -60,7 +60,7 @@ def test_invalid_values_are_rejected_by_the_stage_model():
         build_stage("shard", overrides=["shard.resources.concurrency=[3,1]"])
 
 
-@pytest.mark.parametrize("name", ["openai", "gemini", "local"])
+@pytest.mark.parametrize("name", ["openai", "gemini", "local", "vllm"])
 def test_each_vlm_group_file_sets_every_vlm_option_and_builds_annotate(name):
     from curation.backends.vlm import VLMConfig
 

@@ -11,9 +11,9 @@ import pytest
 from pydantic import BaseModel
 
 from curation.core import storage
-from curation.core.runner import plan_fragments, run_batch, run_map_stage
 from curation.core.schema import SampleRow, arrow_schema, make_sample_id, rows_to_table
 from curation.core.stage import Stage, StageError
+from curation.core.streaming import plan_fragments, run_batch, run_map_stage
 
 
 class SplitCols(BaseModel):
@@ -55,12 +55,14 @@ def _write_inputs(tmp_path, names_per_fragment: list[list[str]], status: str = "
 def test_run_batch_tags_every_output_with_its_input_row_and_never_loses_a_sample():
     stage = SplitByName()
     rows = [dict(sample_id=f"id{i}", parent_ids=[], kind="video", source_uri=n, status="ok", reason=None,
-                 stage="ingest", stage_version="1", _frag=0, _row=i)
+                 stage="ingest", stage_version="1", _frag=0, _order=[i])
             for i, n in enumerate(["a", "two", "bad", "none", "boom"])]
     out = run_batch(stage, pa.Table.from_pylist(rows)).to_pylist()
     by_row: dict[int, list[dict]] = {}
     for o in out:
-        by_row.setdefault(o["_row"], []).append(o)
+        by_row.setdefault(o["_order"][0], []).append(o)
+    # Each output's order key is its input row's key plus its position among that row's outputs.
+    assert [o["_order"] for o in by_row[1]] == [[1, 0], [1, 1]]
     assert sorted(by_row) == [0, 1, 2, 3, 4]
     assert [o["piece"] for o in by_row[1]] == [0, 1]
     assert by_row[2][0]["status"] == "error" and by_row[2][0]["reason"].startswith("bad_input")
@@ -144,7 +146,7 @@ def test_a_crashed_worker_is_restarted_and_its_batch_retried(tmp_path, ray_with_
 
 
 def test_actor_pool_is_shrunk_so_reading_can_always_be_scheduled():
-    from curation.core.runner import fit_to_cluster
+    from curation.core.resources import fit_to_cluster
     from curation.core.stage import Resources
 
     # 2 CPUs: 2 actors x 1 CPU would starve the read tasks (the hang seen on 2-core machines).

@@ -130,3 +130,41 @@ def test_killed_mid_stage_then_rerun_matches_the_uninterrupted_run(s3, full_run)
     record = json.loads(client.get_object(Bucket=BUCKET, Key="runs/killed/02-scene_split/_run.json")["Body"].read())
     assert record["fragments"]["skipped_complete"] >= 1  # finished fragments were not redone
     assert ids_by_stage(client, "killed") == ids_by_stage(client, full_run)
+
+
+def test_media_are_stored_once_on_s3_and_browse_and_shards_read_them_back(s3, full_run, monkeypatch):
+    import io
+
+    import pyarrow.compute as pc
+    import webdataset as wds
+    from PIL import Image
+
+    from curation.audit import media
+    from curation.audit.catalog import RunCatalog
+    from curation.core import storage
+    from curation.train.data import open_shard
+
+    env, client = s3
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.setenv(name, env[name])
+    run_uri = f"s3://{BUCKET}/runs/{full_run}"
+    # Media files only under the stages that made them; manifests hold run-relative references.
+    stored = [k for k in keys(client, f"runs/{full_run}/") if "/media/" in k]
+    assert stored and {k.split("/")[2] for k in stored} <= {"04-sample_frames", "06-ground"}
+    sessions = storage.read_table(f"{run_uri}/08-dedup", filter=pc.field("status") == "ok").to_pylist()  # all sharded
+    row = sessions[0]
+    assert all(ref.startswith("04-sample_frames/media/") for ref in row["frames"])
+    blobs = [client.get_object(Bucket=BUCKET, Key=f"runs/{full_run}/{ref}")["Body"].read() for ref in row["frames"]]
+    # The browser reads the row with its frames from the bucket and renders them.
+    browsed = RunCatalog(run_uri).row("08-dedup", row["sample_id"])
+    assert browsed["frames"] == blobs
+    Image.open(io.BytesIO(media.render(browsed, "frame-0"))).verify()
+    # The shards hold the very bytes the references name.
+    for key in (k for k in keys(client, f"runs/{full_run}/shards/") if k.endswith(".tar")):
+        url = f"s3://{BUCKET}/{key}"
+        with open_shard(url) as stream:
+            for sample in wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"url": url, "stream": stream}])):
+                if sample["__key__"] == row["sample_id"]:
+                    assert [sample[f"frame_{i}.jpg"] for i in range(len(blobs))] == blobs
+                    return
+    raise AssertionError(f"session {row['sample_id']} is in no shard")

@@ -415,8 +415,17 @@ def test_two_worker_nodes_custom_resource_and_a_killed_node(example_run, tmp_pat
                 "scene_split.resources.custom_resources.cpu_decode=1", "ground.resources.custom_resources.gpu_like=1"]
         proc = subprocess.Popen(args, cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         stage = out / "03-filter_quality"
-        while not (stage.is_dir() and not (stage / "_run.json").exists()):  # pytest-timeout bounds the wait
-            assert proc.poll() is None, "the run ended before filter_quality started"
+        # Streamed, filter_quality runs while earlier stages still write. Kill the decode node once
+        # scene_split (pinned to it, and with no other node to go to on this cluster) has written
+        # every part, and before filter_quality has finished.
+        listing = out / "01-ingest" / "_input"
+
+        def scene_split_done() -> bool:
+            fragments = len(list(listing.glob("part-*.parquet")))
+            return bool(fragments) and len(list((out / "02-scene_split").glob("part-*.parquet"))) == fragments
+
+        while not (scene_split_done() and not (stage / "_run.json").exists()):
+            assert proc.poll() is None, "the run ended before filter_quality started"  # pytest-timeout bounds the wait
             time.sleep(0.1)
         time.sleep(2)  # its workers are starting or running on both nodes
         cluster.kill("decode")
@@ -433,5 +442,28 @@ def test_two_worker_nodes_custom_resource_and_a_killed_node(example_run, tmp_pat
         assert worker_nodes["02-scene_split"] == {decode_node}
         assert worker_nodes["06-ground"] == {gpu_node}
         assert {decode_node, gpu_node} <= set().union(*worker_nodes.values())
+    finally:
+        cluster.close()
+
+
+def test_model_stages_are_scheduled_with_the_gpus_a_cluster_offers(example_run, tmp_path):
+    """A loopback Ray node that declares one GPU (`ray start --num-gpus=1`; this machine has none,
+    which is the point of the second check): with the default `resources=auto`, curate sees the
+    GPU, ground's workers ask for and are given their 0.5 share, and the detector, which then
+    finds no CUDA device, is reported as a CPU fallback in the summary and in `_run.json`."""
+    cluster = LoopbackCluster(tmp_path)
+    try:
+        cluster.start("head", "--num-cpus=2", "--num-gpus=1")
+        cluster.wait_for(1)
+        out = tmp_path / "gpu-run"
+        proc = curate("run", "stage=ground", "models=tiny", f"input={example_run / '05-annotate'}", f"output={out}",
+                      f"cluster.address={cluster.address}", env=cluster.env)
+        record = json.loads((out / "01-ground" / "_run.json").read_text())
+        assert record["config"]["resources"] == "gpu" and record["config"]["ground"]["resources"]["num_gpus"] == 0.5
+        assert record["worker_resources"] and all(r.get("GPU") == 0.5 for r in record["worker_resources"])
+        assert record["model_devices"] == {"detector": ["cpu"], "segmenter": ["cpu"]}
+        assert any("detector ran on cpu" in w for w in record["warnings"])
+        assert "detector ran on cpu" in " ".join((proc.stdout + proc.stderr).split())  # the stage summary says it too
+        assert ids_by_stage(out)["01-ground"] == ids_by_stage(example_run)["06-ground"]
     finally:
         cluster.close()

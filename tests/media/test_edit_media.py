@@ -402,3 +402,28 @@ def test_encode_jpeg_round_trips():
     decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     assert psnr(image, decoded) > 35
     assert len(encode_jpeg(image, 50)) < len(data)
+
+
+def test_image_file_as_is_sends_complete_upright_files_and_decodes_the_rest(tmp_path):
+    from curation.media.edit_media import image_file_as_is
+
+    jpeg = image_path("opencv-doc/aloeL.jpg")
+    width, height = Image.open(jpeg).size
+    assert image_file_as_is(str(jpeg), max(width, height), 1 << 26) == jpeg.read_bytes()
+    assert image_file_as_is(str(jpeg), None, 1 << 26) == jpeg.read_bytes()
+    assert image_file_as_is(str(jpeg), max(width, height) - 1, 1 << 26) is None  # the client would shrink it
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(jpeg.read_bytes()[:-200])  # truncated: decoded, so its error reads as before
+    assert image_file_as_is(str(cut), None, 1 << 26) is None
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(jpeg).save(rotated, exif=exif)
+    assert image_file_as_is(str(rotated), None, 1 << 26) is None  # EXIF orientation is applied by decoding
+    png = image_path("opencv-doc/box.png")  # greyscale PNG
+    assert image_file_as_is(str(png), None, 1 << 26) == png.read_bytes()
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.open(jpeg).convert("CMYK").save(cmyk)
+    assert image_file_as_is(str(cmyk), None, 1 << 26) is None
+    with pytest.raises(StageError, match="too_large"):
+        image_file_as_is(str(jpeg), None, 100)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 
 import cv2
 import pyarrow as pa
@@ -14,7 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from curation.backends.vlm import VLMConfig
-from curation.core import storage
+from curation.core import media_store, storage
 from curation.core.config import compose
 from curation.core.runner import run
 from curation.core.schema import SampleRow, arrow_schema
@@ -25,6 +26,8 @@ from curation.stages.sample_frames import SampleFramesColumns
 
 from tests.fixtures.annotations import BREAKS_SCHEMA, VALID
 from tests.fixtures.media import EXAMPLES
+from tests.fixtures.openai_standin_server import command as standin_command
+from tests.fixtures.openai_standin_server import processes_with
 from tests.fixtures.vlm_servers import http_error, ok, ok_from_prompt, openai_server, raw_text
 
 
@@ -32,7 +35,7 @@ class CaptionColumn(BaseModel):
     caption: str | None = None
 
 
-SCHEMA = arrow_schema(SampleRow, SampleFramesColumns, CaptionColumn)
+SCHEMA = media_store.inlined_schema(arrow_schema(SampleRow, SampleFramesColumns, CaptionColumn))  # media as bytes: no run
 
 
 def real_frames(count: int) -> list[bytes]:
@@ -189,3 +192,20 @@ def test_through_ray_the_budget_stops_sending_and_says_so(tmp_path, ray_local):
     table = storage.read_table(str(tmp_path / "run" / "01-annotate"))
     errors = table.filter(pc.equal(table.column("status"), "error")).column("reason").to_pylist()
     assert all(r.startswith("budget_exhausted") for r in errors)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_through_ray_vlm_vllm_starts_its_servers_for_the_stage_and_stops_them(tmp_path, ray_local):
+    # The engine replaced by a stand-in speaking its API; CPU-only actors (num_gpus=0) on the test cluster.
+    tag = f"annotate-vllm-{uuid.uuid4().hex}"
+    server = standin_command("tests.fixtures.annotations:VALID", "--tag", tag)
+    cfg = compose(["stage=annotate", f"input={write_sessions(tmp_path, [2, 3, 2, 2])}", f"output={tmp_path / 'run'}",
+                   "vlm=vllm", "vlm.model=org/standin-vl", f"vlm.server.command=[{','.join(json.dumps(a) for a in server)}]",
+                   "vlm.server.replicas=2", "vlm.server.num_gpus=0", "vlm.server.num_cpus=0", "vlm.server.host=127.0.0.1",
+                   f"vlm.cache_dir={tmp_path / 'cache'}", "progress=false"])
+    result = run(cfg)[0]
+    assert result.counts["ok"] == 4, result.counts
+    record = json.loads((tmp_path / "run" / "01-annotate" / "_run.json").read_text())
+    assert record["vlm"]["model"] == "vllm:org/standin-vl" and record["vlm"]["usage"]["requests"] == 5
+    assert not processes_with(tag)  # the stage's end stopped both servers

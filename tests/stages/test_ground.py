@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from curation.backends.detect import DetectorConfig
 from curation.backends.models import resolve_model
 from curation.backends.segment import SegmenterConfig
-from curation.core import storage
+from curation.core import media_store, storage
 from curation.core.schema import SampleRow, arrow_schema, make_sample_id, rows_to_table
 from curation.core.stage import ModelRef
 from curation.media.jpeg import encode_jpeg
@@ -31,7 +31,7 @@ class TurnsColumn(BaseModel):
     turns: list[Turn] | None = None  # what annotate writes
 
 
-SCHEMA = arrow_schema(SampleRow, SampleFramesColumns, TurnsColumn)
+SCHEMA = media_store.inlined_schema(arrow_schema(SampleRow, SampleFramesColumns, TurnsColumn))  # media as bytes: no run
 
 
 def annotation(changes: dict[str, str]) -> str:
@@ -169,13 +169,14 @@ def test_models_carry_random_weights_as_data():
 
 
 def test_through_the_ray_runner(tmp_path, ray_local, tiny_cache, rows, output):
-    from curation.core.runner import plan_fragments, run_map_stage
+    from curation.core.streaming import plan_fragments, run_map_stage
 
     uri = str(tmp_path / "in" / "part-00000.parquet")
     storage.write_table_atomic(rows_to_table(rows, SCHEMA), uri)
     # Workers do not see this test's CURATE_CACHE: hand them the built models by local path.
     stage = Ground(detector=DetectorConfig(model=resolve_model("tiny:grounding-dino").path, device="cpu", **LOW),
                    segmenter=SegmenterConfig(model=resolve_model("tiny:sam2").path, device="cpu"))
+    stage.bind_run(str(tmp_path), str(tmp_path / "out"))  # as the runner does: masks are stored once, rows hold references
     todo, _ = plan_fragments([uri], str(tmp_path / "out"), retry_errors=False)
     assert run_map_stage(stage, todo, progress=False) == 3
     table = storage.read_table(str(tmp_path / "out"))
@@ -188,3 +189,6 @@ def test_through_the_ray_runner(tmp_path, ray_local, tiny_cache, rows, output):
     assert [(d["frame"], d["entity"], d["label"]) for d in through_ray] == [(d["frame"], d["entity"], d["label"]) for d in direct]
     np.testing.assert_allclose([d["box"] for d in through_ray], [d["box"] for d in direct], atol=1e-2)
     assert pa.types.is_list(table.schema.field("roe").type)
+    mask = roe[0][0]["src_mask"]  # stored once under the stage dir; the row holds its run-relative reference
+    assert mask.startswith("out/media/") and mask.endswith(".png")
+    assert decode_mask_png(media_store.load(mask, str(tmp_path))).shape == decode_mask_png(output[0]["roe"][0]["src_mask"]).shape

@@ -11,6 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from curation.backends.references.composite import background_reference, cutout_reference
+from curation.core import media_store
 from curation.core.config import compose
 from curation.core.schema import arrow_schema, make_sample_id, rows_to_table
 from curation.core.stage import ModelRef
@@ -24,7 +25,7 @@ from curation.stages.reference import Reference
 from tests.fixtures.media import EXAMPLES
 from tests.fixtures.vlm_servers import http_error, image_ok, invert_image, openai_server
 
-SCHEMA = arrow_schema(EditSourceRow, GroundEditColumns)
+SCHEMA = media_store.inlined_schema(arrow_schema(EditSourceRow, GroundEditColumns))  # media as bytes: no run
 
 
 def photo(name: str) -> np.ndarray:

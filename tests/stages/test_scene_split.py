@@ -4,6 +4,7 @@ stage's batch call as the runner makes it."""
 
 from __future__ import annotations
 
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,12 +12,14 @@ import av
 import pyarrow as pa
 import pytest
 
+import curation.stages.scene_split as scene_split_module
 from curation.core.config import build_stage
 from curation.core.schema import make_sample_id
 from curation.media.probe import probe_video
 
 from tests.fixtures.badmedia import random_bytes_mp4, text_mp4, truncated_mp4
 from tests.fixtures.media import ground_truth, video_path
+from tests.fixtures.packetmedia import undecodable_packet_mp4
 
 ONE_SHOT = {"intel-sample-videos/car-detection.mp4", "intel-sample-videos/bottle-detection.mp4", "built/whip-pan.mp4"}
 
@@ -222,3 +225,81 @@ def test_bad_files_become_error_rows_and_do_not_stop_the_batch(tmp_path):
         assert row["kind"] == "video" and row["reason"].startswith(prefix), row["reason"]
     assert next(r for r in out if r["sample_id"] == "no-probe-columns")["reason"].startswith("missing_columns: fps, time_base")
     assert [r["kind"] for r in out if r["source_uri"] == str(good) and r["status"] != "error"] == ["clip", "clip"]
+
+
+# ---- long videos in segments -------------------------------------------------------------------
+
+
+def rows_in_segments(name: str, frames_per_segment: int | None, monkeypatch, *overrides: str) -> tuple[list[dict], list]:
+    """Output rows of `name` with segments of that many frames (None: one pass), and the plan used.
+    `segment_s` is set so that it is exactly that many frames at the video's rate."""
+    row = video_row(video_path(name))
+    segment_s = "null" if frames_per_segment is None else repr(frames_per_segment / row["fps"])
+    stage = build_stage("scene_split", overrides=[f"scene_split.{o}" for o in (f"segment_s={segment_s}", *overrides)])
+    stage.ensure_setup()
+    plans: list = []
+    real_plan = scene_split_module.plan_segments
+    monkeypatch.setattr(scene_split_module, "plan_segments", lambda *a: plans.append(real_plan(*a)) or plans[-1])
+    out = stage(pa.Table.from_pylist([row])).to_pylist()
+    return out, plans
+
+
+def assert_same_rows_in_segments(name: str, spans: list[int], monkeypatch, caplog, *overrides: str) -> None:
+    one_pass, plans = rows_in_segments(name, None, monkeypatch, *overrides)
+    assert plans == [] and one_pass
+    for span in spans:
+        rows, plans = rows_in_segments(name, span, monkeypatch, *overrides)
+        assert [s.first for s in plans[0]] == list(range(0, one_pass[0]["num_frames"], span)), span
+        assert "one pass instead of segments" not in caplog.text
+        assert rows == one_pass, f"{name}: segments of {span} frames give other rows than one pass"
+
+
+def test_segment_edges_on_a_cut_and_a_frame_either_side_give_the_rows_of_one_pass(monkeypatch, caplog):
+    # testvideo.mp4: hard cut at 180 (ground truth), so segments of 179/180/181 frames put an edge
+    # one frame before, on, and one frame after it.
+    cuts = detected_cuts(run(["pyscenedetect/testvideo.mp4"])["pyscenedetect/testvideo.mp4"])
+    assert 30 in cuts and 180 in cuts
+    assert_same_rows_in_segments("pyscenedetect/testvideo.mp4", [179, 180, 181], monkeypatch, caplog)
+
+
+def test_a_segment_edge_inside_the_minimum_scene_length_after_a_cut_changes_nothing(monkeypatch, caplog):
+    # whip-pan.mp4 with ContentDetector: cut at 150, and its 12-frame minimum scene length hides the
+    # large scores of 151-161. Edges at 150, 151 and 155 (150 = 3 * 50, 151, 155 = 5 * 31): the
+    # flash filter's memory runs across the edge, which only a decision over all scores keeps.
+    assert_same_rows_in_segments("built/whip-pan.mp4", [50, 151, 31], monkeypatch, caplog, "detector=content")
+
+
+def test_variable_frame_rate_video_in_segments_keeps_exact_indices_and_times(monkeypatch, caplog):
+    # vfr-drop3: cuts at 47 and 114 (keyframes there too); edges on them and one frame after
+    assert_same_rows_in_segments("built/vfr-drop3.mp4", [47, 48, 57, 115], monkeypatch, caplog)
+
+
+@pytest.mark.slow  # TransNetV2 on the CPU: ~15 windows of 100 frames
+def test_transnetv2_in_segments_gives_the_rows_of_one_pass(monkeypatch, caplog):
+    # 160 frames: segments of 47 frames start windows at 25, 75 and 125, mid-video on TransNetV2's grid
+    assert_same_rows_in_segments("built/vfr-drop3.mp4", [47], monkeypatch, caplog, "detector=transnetv2",
+                                 "transnet_device=cpu")
+
+
+def test_packets_that_decode_to_fewer_frames_fall_back_to_one_pass(tmp_path, monkeypatch, caplog):
+    path = undecodable_packet_mp4(tmp_path)
+    row = video_row(path)
+    assert row["num_frames"] == 161  # the header counts packets; 160 frames decode
+    outputs = {}
+    for segment_s in ("null", repr(40 / row["fps"])):
+        stage = build_stage("scene_split", overrides=[f"scene_split.segment_s={segment_s}"])
+        stage.ensure_setup()
+        outputs[segment_s] = stage(pa.Table.from_pylist([row])).to_pylist()
+    assert "one pass instead of segments" in caplog.text
+    one_pass, split = outputs.values()
+    assert split == one_pass and max(r["end_frame"] for r in split) == 160
+
+
+def test_segments_run_as_ray_tasks_when_ray_is_up(ray_local, monkeypatch, caplog):
+    # Pools of earlier tests give their CPUs back asynchronously: wait for them (bounded), so the
+    # segments really run as Ray tasks instead of in-process.
+    deadline = time.monotonic() + 60
+    while ray_local.available_resources().get("CPU", 0) < 0.5 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray_local.available_resources().get("CPU", 0) >= 0.5, "no CPU came free for the segment tasks"
+    assert_same_rows_in_segments("pyscenedetect/testvideo.mp4", [180], monkeypatch, caplog, "segment_cpus=0.5")

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from curation.backends.vlm import VLMConfig
+from curation.core import media_store
 from curation.core.schema import arrow_schema
 from curation.media.jpeg import encode_jpeg
 from curation.sources.edit_datasets import EditSourceRow
@@ -22,7 +23,8 @@ from tests.fixtures.media import EXAMPLES
 from tests.fixtures.vlm_servers import ok, ok_from_prompt, openai_server, raw_text
 
 # What the reference stage writes: an edit row judged, grounded and given a reference.
-SCHEMA = arrow_schema(EditSourceRow, EditScoreColumns, GroundEditColumns, ReferenceColumns)
+SCHEMA = media_store.inlined_schema(arrow_schema(EditSourceRow, EditScoreColumns, GroundEditColumns,
+                                                 ReferenceColumns))  # media as bytes: no run
 EDIT_SCORES = {"edit_score": 8.5, "edit_success": 9.0, "over_editing": 9.5, "naturalness": 8.5, "artifacts": 9.0}
 
 

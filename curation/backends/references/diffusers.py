@@ -32,5 +32,9 @@ class DiffusersSynthesizer(ReferenceSynthesizer):
             return [Synthesized(reason=failure_reason(e)) for _ in items]
         return [Synthesized(image=image) for image in images]
 
+    @property
+    def device(self) -> str | None:
+        return self._editor.device if self._editor is not None else None
+
     def close(self) -> None:
         self._editor = None
