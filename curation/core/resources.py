@@ -16,7 +16,6 @@ from curation.core.stage import Resources, Stage
 
 log = logging.getLogger(__name__)
 READ_TASK_CPUS = 0.25  # each fragment-reading task; actor pools must leave at least this much free
-MIN_CPU_SHARE = 0.05  # a streamed stage's smallest CPU ask after scaling (Ray's CPU is a scheduling number)
 
 
 @dataclass(frozen=True)
@@ -81,38 +80,38 @@ def plan_chains(stages: list[Stage], cluster: Cluster, stream: bool) -> list[lis
     """Consecutive map stages grouped into chains that run as one streamed plan, each with the
     resources its pool gets. A chain ends after a stage that rewrites its parts once all are
     written (`finalize`: a later stage must not read rows that may still change), and before a
-    stage whose minimum pool would not fit the GPUs the chain's earlier pools already hold.
-    The pools of one chain all start together, so on a small machine their CPU asks are scaled
-    down to fit beside the read tasks (Ray's CPU count is a scheduling number, not a pin)."""
+    stage whose smallest pool would not fit beside the chain's earlier ones: their CPUs plus a
+    read task's, or the cluster's GPUs. All pools of a chain start together; one that cannot
+    start would stall every stage of the chain, so a small machine streams shorter chains."""
     chains: list[list[tuple[Stage, Resources]]] = []
     current: list[tuple[Stage, Resources]] = []
-    gpus_held = 0.0
+    cpus_held = gpus_held = 0.0
+    spare = cluster.cpus - READ_TASK_CPUS
     for stage in stages:
         res = gpu_share(stage, stage.resources)
-        need = res.concurrency[0] * res.num_gpus
-        if current and (not stream or (cluster.gpus and gpus_held + need > cluster.gpus + 1e-9)):
+        cpus, gpus = res.concurrency[0] * res.num_cpus, res.concurrency[0] * res.num_gpus
+        overflows = cpus_held + cpus > spare + 1e-9 or (cluster.gpus and gpus_held + gpus > cluster.gpus + 1e-9)
+        if current and (not stream or overflows):
             chains.append(current)
-            current, gpus_held = [], 0.0
+            current, cpus_held, gpus_held = [], 0.0, 0.0
         current.append((stage, res))
-        gpus_held += need
+        cpus_held, gpus_held = cpus_held + cpus, gpus_held + gpus
         if type(stage).finalize is not Stage.finalize:
             chains.append(current)
-            current, gpus_held = [], 0.0
+            current, cpus_held, gpus_held = [], 0.0, 0.0
     if current:
         chains.append(current)
     return [_fit_chain(chain, cluster) for chain in chains]
 
 
 def _fit_chain(chain: list[tuple[Stage, Resources]], cluster: Cluster) -> list[tuple[Stage, Resources]]:
-    spare = cluster.cpus - READ_TASK_CPUS
-    floor_cpus = sum(res.concurrency[0] * res.num_cpus for _, res in chain)
-    if len(chain) > 1 and floor_cpus > spare:
-        scale = spare / floor_cpus
-        log.info("streaming %s: their smallest pools ask for %g CPUs of %g; scaling each worker's CPU ask by %.2f",
-                 ", ".join(s.name for s, _ in chain), floor_cpus, cluster.cpus, scale)
-        chain = [(s, res.model_copy(update={"num_cpus": max(MIN_CPU_SHARE, math.floor(res.num_cpus * scale * 100) / 100)}))
-                 for s, res in chain]
-    return [(s, fit_to_cluster(s.name, res, cluster=cluster)) for s, res in chain]
+    """Each pool's maximum, leaving the chain's other pools their smallest size and a read task
+    its CPUs: pools that grew into every CPU would starve the reads that feed them."""
+    fitted = []
+    for stage, res in chain:
+        others = sum(r.concurrency[0] * r.num_cpus for s, r in chain if s is not stage)
+        fitted.append((stage, fit_to_cluster(stage.name, res, cluster=Cluster(cluster.cpus - others, cluster.gpus, cluster.custom))))
+    return fitted
 
 
 def cpu_fallback_warnings(name: str, devices: dict[str, set[str]], cluster: Cluster) -> list[str]:

@@ -130,6 +130,10 @@ def test_chains_break_after_a_finalizing_stage_and_fit_gpus_and_small_machines()
     assert [[s.name for s, _ in c] for c in chains] == [["pair_up", "keep_even"], ["keep_even"]]
     assert [[s.name for s, _ in c] for c in plan_chains(stages, Cluster(cpus=16), stream=False)] == [
         ["pair_up"], ["keep_even"], ["keep_even"]]
-    # 2 CPUs: three pools of 0.5 CPU plus the read task do not fit, so each CPU ask is scaled down
-    chain = plan_chains([PairUp(resources=cpu), KeepEven(resources=cpu), PairUp(resources=cpu)], Cluster(cpus=2), True)[0]
-    assert sum(res.num_cpus for _, res in chain) <= 2 - 0.25 and all(res.num_cpus > 0 for _, res in chain)
+    # 2 CPUs: four pools of 0.5 CPU plus a read task (0.25) do not fit, so the chain is cut before the fourth
+    small = plan_chains([PairUp(resources=cpu), KeepEven(resources=cpu), PairUp(resources=cpu), KeepEven(resources=cpu)],
+                        Cluster(cpus=2), True)
+    assert [[s.name for s, _ in c] for c in small] == [["pair_up", "keep_even", "pair_up"], ["keep_even"]]
+    # a pool may grow only into what the chain's other pools (at their smallest) and a read task leave
+    assert [res.concurrency for _, res in small[0]] == [(1, 1)] * 3  # (2 - 2 x 0.5 - 0.25) // 0.5
+    assert small[1][0][1].concurrency == (1, 2)  # alone: (2 - 0.25) // 0.5 = 3, capped by its own max 2
