@@ -92,7 +92,7 @@ def test_a_sigkilled_streamed_run_resumes_without_redoing_finished_parts(tmp_pat
     an uninterrupted run's."""
     run_dir, log_before, log_after = tmp_path / "run", tmp_path / "before.txt", tmp_path / "after.txt"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(plugin), str(REPO)]))
-    command = [sys.executable, "-m", "curation.cli", "run", *_args(run_dir, 24, "pair_up.delay_s=0.15", "cluster.num_cpus=2")]
+    command = [sys.executable, "-m", "curation.cli", "run", *_args(run_dir, 30, "pair_up.delay_s=0.4", "cluster.num_cpus=2")]
     proc = subprocess.Popen([*command, f"pair_up.log={log_before}"], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -105,7 +105,7 @@ def test_a_sigkilled_streamed_run_resumes_without_redoing_finished_parts(tmp_pat
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     done_at_kill = _parts(run_dir)
-    assert len(done_at_kill["02-pair_up"]) < 8, "killed too late to test a resume"
+    assert len(done_at_kill["02-pair_up"]) < 10, "killed too late to test a resume"
     finished_pieces = {sid for part in done_at_kill["02-pair_up"] for sid in
                        storage.read_table(str(run_dir / "02-pair_up" / part)).column("sample_id").to_pylist()}
 
@@ -113,7 +113,7 @@ def test_a_sigkilled_streamed_run_resumes_without_redoing_finished_parts(tmp_pat
     redone = set(log_after.read_text().split())
     assert not redone & finished_pieces  # no piece of a part written before the kill was made again
     reference = tmp_path / "reference"
-    run(compose(_args(reference, 24, "stream=false")))
+    run(compose(_args(reference, 30, "stream=false")))
     for name, table in _manifests(reference).items():
         resumed = storage.read_table(str(run_dir / name))
         assert resumed.equals(table), name  # same samples, ids and order: nothing lost, nothing duplicated
