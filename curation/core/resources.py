@@ -44,13 +44,12 @@ def gpu_share(stage: Stage, res: Resources) -> Resources:
     return res
 
 
-def fit_to_cluster(name: str, res: Resources, cluster_cpus: float | None = None, cluster: Cluster | None = None) -> Resources:
+def fit_to_cluster(name: str, res: Resources, cluster: Cluster | None = None) -> Resources:
     """The pool's (min, max) for this cluster: never every CPU (Ray Data's read tasks would never
     be scheduled and the job would hang, as seen on 2-core machines), and an open maximum
     (`concurrency: [n, null]`) becomes as many workers as the cluster's CPUs, GPUs and custom
     resources hold. Warns when it shrinks what the config asked for."""
-    if cluster is None:
-        cluster = Cluster(cluster_cpus) if cluster_cpus is not None else Cluster.current()
+    cluster = cluster or Cluster.current()
     spare = cluster.cpus - READ_TASK_CPUS
     if res.num_cpus > spare:
         raise ValueError(f"stage {name}: one worker asks for num_cpus={res.num_cpus} but the cluster has {cluster.cpus:g} "

@@ -125,8 +125,8 @@ def run_stage(name: str, cfg: DictConfig, input_uri: str | None, stage_dir: str)
     stage = build_stage(name, cfg)
     if isinstance(stage, SinkStage):
         return run_sink_stage(stage, cfg, input_uri, stage_dir)
-    chain = plan_chains([stage], Cluster.current(), stream=False)[0]
-    return run_chain_stages(chain, [stage_dir], cfg, input_uri, Cluster.current())[0]
+    cluster = Cluster.current()
+    return run_chain_stages(plan_chains([stage], cluster, stream=False)[0], [stage_dir], cfg, input_uri, cluster)[0]
 
 
 def run(cfg: DictConfig) -> list[StageResult]:

@@ -97,23 +97,27 @@ def image_file_as_is(uri: str, max_side: int | None, max_pixels: int) -> bytes |
 
     Why: for image pairs a judge's main CPU cost was decoding each file and encoding it again as
     JPEG, for nothing when the file already is a complete, upright RGB or grey JPEG or PNG within
-    the size the client would shrink it to. Only the header is parsed (Pillow); the bomb check
-    still applies; a file cut short (no JPEG EOI / PNG IEND at its end) or EXIF-rotated is
-    decoded, so its error or orientation is handled as before.
+    the size the client would shrink it to. The size and the bomb check come from the header (a
+    larger file is never read whole here); a file cut short (no JPEG EOI / PNG IEND at its end)
+    or EXIF-rotated is decoded, so its error or orientation is handled as before.
     """
     from PIL import Image, UnidentifiedImageError
 
     _check_file(uri)
+    header = _image_header_size(uri)  # bomb-safe, before anything is read whole
+    if header is None:
+        return None
+    _check_pixels(*header, max_pixels)
+    if max_side is not None and max(header) > max_side:
+        return None  # the client would shrink it anyway: decode once, here
     data = storage.read_bytes(uri)
     try:
         with Image.open(io.BytesIO(data)) as img:
-            fmt, (width, height), mode, orientation = img.format, img.size, img.mode, img.getexif().get(0x0112, 1)
+            fmt, mode, orientation = img.format, img.mode, img.getexif().get(0x0112, 1)
     except (UnidentifiedImageError, OSError, ValueError):
         return None
-    _check_pixels(width, height, max_pixels)
     complete = {"JPEG": data.rstrip(b"\0").endswith(b"\xff\xd9"), "PNG": b"IEND" in data[-16:]}.get(fmt or "", False)
-    small = max_side is None or max(width, height) <= max_side
-    return data if complete and small and orientation == 1 and mode in ("RGB", "L") else None
+    return data if complete and orientation == 1 and mode in ("RGB", "L") else None
 
 
 def image_pair_as_is(source_uri: str, target_uri: str, max_side: int | None, max_pixels: int) -> tuple[bytes, bytes] | None:

@@ -146,16 +146,16 @@ def test_a_crashed_worker_is_restarted_and_its_batch_retried(tmp_path, ray_with_
 
 
 def test_actor_pool_is_shrunk_so_reading_can_always_be_scheduled():
-    from curation.core.resources import fit_to_cluster
+    from curation.core.resources import Cluster, fit_to_cluster
     from curation.core.stage import Resources
 
     # 2 CPUs: 2 actors x 1 CPU would starve the read tasks (the hang seen on 2-core machines).
-    fitted = fit_to_cluster("s", Resources(num_cpus=1, concurrency=(2, 2)), cluster_cpus=2)
+    fitted = fit_to_cluster("s", Resources(num_cpus=1, concurrency=(2, 2)), cluster=Cluster(cpus=2))
     assert fitted.concurrency == (1, 1)
-    assert fit_to_cluster("s", Resources(num_cpus=0.5, concurrency=(1, 3)), cluster_cpus=2).concurrency == (1, 3)
-    assert fit_to_cluster("s", Resources(num_cpus=0.5, concurrency=(1, 8)), cluster_cpus=2).concurrency == (1, 3)
+    assert fit_to_cluster("s", Resources(num_cpus=0.5, concurrency=(1, 3)), cluster=Cluster(cpus=2)).concurrency == (1, 3)
+    assert fit_to_cluster("s", Resources(num_cpus=0.5, concurrency=(1, 8)), cluster=Cluster(cpus=2)).concurrency == (1, 3)
     with pytest.raises(ValueError, match=r"lower s.resources.num_cpus"):
-        fit_to_cluster("s", Resources(num_cpus=2, concurrency=(1, 1)), cluster_cpus=2)
+        fit_to_cluster("s", Resources(num_cpus=2, concurrency=(1, 1)), cluster=Cluster(cpus=2))
 
 
 @pytest.mark.timeout(180)
