@@ -339,6 +339,25 @@ def stage_columns(links: list[ChainLink], fragments: list[Fragment]) -> list[lis
     return columns
 
 
+def _blocks_of(ds: Any, rows: int) -> Any:
+    """Cut the stream into blocks of at most `rows` rows: the next stage's batch.
+
+    Why: an actor pool hands each input block whole to one worker, and a map task emits its output
+    only when the block is done. A fragment read as one block (or one video's clips made in one
+    call) would be worked through batch after batch by one worker while the others idle, and
+    reach the driver, which writes the parts, only at the end. Measured before this cut: four
+    videos went through one scene_split worker of two, and every part of the run was written in
+    the same 20 ms at its end.
+
+    Ray Data's streaming repartition does the cut; its tasks ask for a whole CPU by default, which
+    a chain whose pools hold all but READ_TASK_CPUS of a small machine never frees, so they ask
+    for that share (Ray fuses the cut into the read task that comes before the first stage)."""
+    ds = ds.repartition(target_num_rows_per_block=rows)
+    cut = ds._logical_plan.dag
+    object.__setattr__(cut, "ray_remote_args", {**cut.ray_remote_args, "num_cpus": READ_TASK_CPUS})
+    return ds
+
+
 def _chain_dataset(links: list[ChainLink], fragments: list[Fragment]) -> Any:
     """The plan: read each fragment at its first missing stage, then every stage's actor pool."""
     import ray.data
@@ -350,6 +369,7 @@ def _chain_dataset(links: list[ChainLink], fragments: list[Fragment]) -> Any:
     columns = stage_columns(links, fragments)
     for position in range(first, len(links)):
         link, res = links[position], links[position].resources
+        ds = _blocks_of(ds, res.batch_size)
         with warnings.catch_warnings():
             # Ray 2.60 deprecates passing actor options as **kwargs but has no named parameter for
             # these yet; its default (-1) would retry a sample that crashes its worker forever.
@@ -405,7 +425,9 @@ def run_chain(links: list[ChainLink], fragments: list[Fragment], progress: bool)
     try:
         writer = _Writer(links, fragments, outcomes, bars)
         if writer.open:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+            # No prefetch: with prefetch_batches=2 the iterator held a finished block until two more
+            # were ready, so on a small run every part was written at the very end.
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
                 writer.add(batch)
     finally:
         for bar in bars:

@@ -85,6 +85,19 @@ def test_resume_starts_each_fragment_at_its_first_missing_stage(tmp_path, plugin
         assert table.equals(complete[name]), name
 
 
+def test_a_fragment_is_spread_over_the_pool_one_batch_at_a_time(tmp_path, plugin, ray_local):
+    """One fragment of 8 rows into a pool of two workers taking one row per batch: both workers
+    get rows. Handed the fragment as one block, Ray Data gives it whole to one worker."""
+    workers = tmp_path / "workers.txt"
+    args = ["stages=[count_source,pair_up]", "input=count://8", f"output={tmp_path / 'run'}", "progress=false",
+            "count_source.fragment_size=8", "pair_up.delay_s=0.2", f"pair_up.worker_log={workers}",
+            "pair_up.resources.batch_size=1", "pair_up.resources.concurrency=[2,2]", "pair_up.resources.num_cpus=0.25"]
+    results = run(compose(args))
+    assert results[1].processed == 7  # count_source fails the number 3
+    pids = workers.read_text().split()
+    assert len(pids) == results[1].processed and len(set(pids)) == 2
+
+
 @pytest.mark.timeout(300)
 def test_a_sigkilled_streamed_run_resumes_without_redoing_finished_parts(tmp_path, plugin, ray_local):
     """The real thing: `curate run` in its own process group, killed with SIGKILL once some parts

@@ -235,8 +235,11 @@ def test_sigkill_mid_stage_then_rerun_gives_exactly_the_uninterrupted_ids(tmp_pa
     for name in names:
         shutil.copy(video_path(name), src / Path(name).name)
     # One video per fragment, and the slower TransNetV2 detector, so fragments finish one by one.
+    # One clip per sample_frames batch: streamed, a pool bundles rows up to its batch size across
+    # fragments, and with 8 clips a batch every part of these four videos would land at once.
     args = ["run", "pipeline=sessions", f"input={src}", "ingest.fragment_size=1", "progress=false",
-            "scene_split.detector=transnetv2", "stages=[ingest,scene_split,sample_frames,shard]"]
+            "scene_split.detector=transnetv2", "sample_frames.resources.batch_size=1",
+            "stages=[ingest,scene_split,sample_frames,shard]"]
 
     reference = tmp_path / "reference"
     curate(*args, f"output={reference}")
