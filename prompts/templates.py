@@ -28,17 +28,29 @@ from curation.prompts.judges import (
 )
 from curation.prompts.transition import TransitionAnnotation
 
-# name -> (template file inside the `curation.prompts` package, output schema; None for a prompt whose
-# answer is not JSON, e.g. the instruction sent to an image-editing model)
+# "<name>.v<N>" -> (template file inside the `curation.prompts` package, output schema; None for a
+# prompt whose answer is not JSON, e.g. the instruction sent to an image-editing model). A version
+# once released stays loadable, so a run can be reproduced with the prompt it used.
 TEMPLATES: dict[str, tuple[str, type[BaseModel] | None]] = {
-    "transition_annotation": ("transition_annotation.v1.j2", TransitionAnnotation),
-    "edit_score_sc": ("edit_score_sc.v1.j2", EditScoreSC),
-    "edit_score_pq": ("edit_score_pq.v1.j2", EditScorePQ),
-    "edit_judge": ("edit_judge.v1.j2", EditJudgement),
-    "ground_edit_area": ("ground_edit_area.v1.j2", GroundedObjects),
-    "ground_foreground": ("ground_foreground.v1.j2", GroundedForeground),
-    "reference_score": ("reference_score.v1.j2", ReferenceScore),
-    "reference_edit": ("reference_edit.v1.j2", None),
+    "transition_annotation.v1": ("transition_annotation.v1.j2", TransitionAnnotation),
+    "edit_score_sc.v1": ("edit_score_sc.v1.j2", EditScoreSC),
+    "edit_score_pq.v1": ("edit_score_pq.v1.j2", EditScorePQ),
+    "edit_judge.v1": ("edit_judge.v1.j2", EditJudgement),
+    "ground_edit_area.v1": ("ground_edit_area.v1.j2", GroundedObjects),
+    "ground_foreground.v1": ("ground_foreground.v1.j2", GroundedForeground),
+    "reference_score.v1": ("reference_score.v1.j2", ReferenceScore),
+    "reference_edit.v1": ("reference_edit.v1.j2", None),
+}
+# A bare name ("transition_annotation") means its default version.
+DEFAULT_VERSIONS: dict[str, str] = {
+    "transition_annotation": "transition_annotation.v1",
+    "edit_score_sc": "edit_score_sc.v1",
+    "edit_score_pq": "edit_score_pq.v1",
+    "edit_judge": "edit_judge.v1",
+    "ground_edit_area": "ground_edit_area.v1",
+    "ground_foreground": "ground_foreground.v1",
+    "reference_score": "reference_score.v1",
+    "reference_edit": "reference_edit.v1",
 }
 
 
@@ -74,10 +86,17 @@ class PromptTemplate:
         return self.compiled.render(**slots).strip() + "\n"
 
 
+def template_names() -> list[str]:
+    """Every name `load_template` takes: each bare name (its default version) and each version."""
+    return [*DEFAULT_VERSIONS, *TEMPLATES]
+
+
 @cache
 def load_template(name: str) -> PromptTemplate:
-    if name not in TEMPLATES:
-        raise KeyError(f"unknown prompt template {name!r}; known: {', '.join(TEMPLATES)}")
-    file, schema = TEMPLATES[name]
+    """The template `name`: "<name>" (its default version) or "<name>.v<N>" (that version)."""
+    versioned = DEFAULT_VERSIONS.get(name, name)
+    if versioned not in TEMPLATES:
+        raise KeyError(f"unknown prompt template {name!r}; known: {', '.join(template_names())}")
+    file, schema = TEMPLATES[versioned]
     text = (files("curation.prompts") / file).read_text(encoding="utf-8")
     return PromptTemplate(name=name, file=file, text=text, schema=schema)

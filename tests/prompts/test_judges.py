@@ -27,7 +27,7 @@ from curation.prompts.judges import (
     judgement_subscores,
     passes,
 )
-from curation.prompts.templates import TEMPLATES, load_template
+from curation.prompts.templates import load_template, template_names
 
 # Every judging template with a full set of slots; the values are distinctive so a test can see
 # each one in the rendered prompt.
@@ -73,7 +73,7 @@ VALID = {
 
 
 def test_every_judging_template_is_registered_with_its_schema():
-    assert set(SLOTS) <= set(TEMPLATES)
+    assert set(SLOTS) <= set(template_names())
     for name, schema in SCHEMAS.items():
         template = load_template(name)
         assert template.schema is schema

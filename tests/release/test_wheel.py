@@ -186,13 +186,13 @@ def test_adapters_and_prompt_templates_are_package_data(installed):
     got = installed.python_json("""
 import json
 from importlib.resources import files
-from curation.prompts.templates import TEMPLATES, load_template
+from curation.prompts.templates import load_template, template_names
 from curation.sources.edit_datasets import adapter_names, load_adapter
 adapters = sorted(p.name for p in files("curation.adapters").iterdir() if p.name.endswith(".yaml"))
 templates = sorted(p.name for p in files("curation.prompts").iterdir() if p.name.endswith(".j2"))
 print(json.dumps({"adapters": adapters, "templates": templates, "names": adapter_names(),
                   "loaded": {n: load_adapter(n).dataset for n in adapter_names()},
-                  "prompts": {n: load_template(n).file for n in TEMPLATES},
+                  "prompts": {n: load_template(n).file for n in template_names()},
                   "where": str(files("curation.adapters")), "prompts_at": str(files("curation.prompts"))}))
 """)
     adapters = sorted(p.name for p in (ROOT / "manifests" / "adapters").glob("*.yaml"))
