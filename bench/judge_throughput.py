@@ -69,7 +69,14 @@ ANSWERS = {
     "editscore": {"reasoning": "fine", "score": [20, 20]},  # valid as both EditScoreSC and EditScorePQ
 }
 REQUESTS_PER_SAMPLE = {"vlm": 1, "editscore": 2}
-TEMPLATES = {"vlm": ["edit_judge"], "editscore": ["edit_score_sc", "edit_score_pq"]}
+
+
+def judge_templates(judge: str) -> list:
+    """The prompts `edit_score` renders for `judge` (EditScore's come from the editscore package)."""
+    from curation.prompts.editscore import editscore_prompts
+    from curation.prompts.templates import load_template
+
+    return list(editscore_prompts()) if judge == "editscore" else [load_template("edit_judge")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,18 +184,19 @@ def stage_requests(judge: str, inputs: str, cfg) -> list:
     JPEG re-encode (`jpeg_quality`), the same rendered prompts and cache salt."""
     from curation.backends.vlm import VLMRequest
     from curation.media.edit_media import read_edit_frames
-    from curation.prompts.templates import load_template
+    from curation.prompts.judges import EditScorePQ
 
     quality, max_pixels = cfg.edit_score.jpeg_quality, cfg.edit_score.max_pixels
-    templates = [load_template(n) for n in TEMPLATES[judge]]
+    templates = judge_templates(judge)
     requests = []
     for row in storage.read_table(inputs).to_pylist():
         ((src, tgt),) = read_edit_frames(row["source_uri"], row["target_uri"], [0], is_video=False, max_pixels=max_pixels)
         source, target = encode_jpeg(src, quality), encode_jpeg(tgt, quality)
         for t in templates:
             text = t.render(instruction=row["instruction"], category=row["category"], is_video=False, feedback=None)
-            images = [target] if t.name == "edit_score_pq" else [source, target]
-            requests.append(VLMRequest(prompt=text, images=images, schema=t.schema, cache_salt=t.hash))
+            images = [target] if t.schema is EditScorePQ else [source, target]
+            requests.append(VLMRequest(prompt=text, images=images, schema=t.schema, cache_salt=t.hash,
+                                       json_in_text=judge == "editscore"))
     return requests
 
 
@@ -218,10 +226,9 @@ class InstantBackend:
 
     def __init__(self, judge: str):
         from curation.backends.vlm import VLMReply, VLMUsage, parse_reply
-        from curation.prompts.templates import load_template
 
         raw = json.dumps(ANSWERS[judge])
-        parsed = {load_template(n).schema: parse_reply(load_template(n).schema, raw)[0] for n in TEMPLATES[judge]}
+        parsed = {t.schema: parse_reply(t.schema, raw)[0] for t in judge_templates(judge)}
         self._reply = lambda req: VLMReply(parsed[req.schema], raw, VLMUsage(requests=1))
 
     def generate_many(self, requests: list) -> list:
@@ -233,13 +240,12 @@ def stage_cpu(judge: str, inputs: str, cfg, batch: int) -> dict[str, float]:
     processes on the machine do not count): the whole `EditScore.__call__` on the run's batches
     with an instant backend, and the two parts of it that grow with the images and the prompt."""
     from curation.media.edit_media import read_edit_frames
-    from curation.prompts.templates import load_template
 
     stage = build_stage("edit_score", cfg)
     stage._backend, stage._ready = InstantBackend(judge), True  # skip setup(): no client, no server
     table = storage.read_table(inputs)
     rows = table.to_pylist()
-    templates = [load_template(n) for n in TEMPLATES[judge]]
+    templates = judge_templates(judge)
 
     def whole() -> None:
         for start in range(0, table.num_rows, batch):

@@ -14,9 +14,9 @@ Images go to the VLM in the order the template names them:
   edit_score_sc     source, edited         -> EditScoreSC
   edit_score_pq     edited                 -> EditScorePQ
   edit_judge        source, edited         -> EditJudgement (a video: one frame pair per request)
-  ground_edit_area  source, edited         -> GroundedObjects (boxes in the edited image)
-  ground_foreground source, edited         -> GroundedForeground (boxes in each image)
-  reference_score   source, edited, reference -> ReferenceScore
+  ground_edit_area  source, edited         -> v2 EditAreaBoxes, v1 GroundedObjects (boxes in the edited image)
+  ground_foreground source, edited         -> v2 ForegroundBoxes, v1 GroundedForeground (boxes in each image)
+  reference_score   source, edited, reference -> v2 ReferenceRating (integer), v1 ReferenceScore
   reference_edit    the frame to edit      -> an image (no schema; sent to an image editor)
 
 Maths. EditScore and the generic judge both use VIEScore's form on a 0-10 scale:
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -101,8 +101,19 @@ class EditJudgement(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------
-# Grounding (Kiwi-Edit prompts 1 and 2): Qwen-style boxes, {"label", "bbox_2d": [x1, y1, x2, y2]}
+# Grounding (Kiwi-Edit prompts 1 and 2). v2 answers in the paper's shape (004 App. B):
+# {"image_2": [{"bbox", "label"}, ...]} and {"image_1": [...], "image_2": [...]}; v1 answered
+# Qwen-style {"objects": [{"label", "bbox_2d"}]}. Every grounding answer lists its boxes the same
+# way (`boxes()`), so the stage reads any version without knowing which one it asked.
 # --------------------------------------------------------------------------------------------
+
+GroundedImage = Literal["source", "edited"]  # image_1 of the grounding prompts is the source, image_2 the edited
+
+
+class AnswerBox(NamedTuple):
+    image: GroundedImage
+    label: str
+    coords: list[float]  # [x1, y1, x2, y2] as the model wrote it, in the convention the prompt named
 
 
 class GroundedBox(BaseModel):
@@ -129,6 +140,9 @@ class GroundedObjects(BaseModel):
 
     objects: list[GroundedBox] = Field(max_length=MAX_OBJECTS, description="one entry per edited object; [] if none")
 
+    def boxes(self) -> list[AnswerBox]:
+        return [AnswerBox("edited", b.label, b.bbox_2d) for b in self.objects]
+
 
 class ForegroundBox(GroundedBox):
     image: Literal["source", "edited"] = Field(description="which image the box is in")
@@ -148,6 +162,52 @@ class GroundedForeground(BaseModel):
     def in_image(self, image: Literal["source", "edited"]) -> list[ForegroundBox]:
         return [box for box in self.objects if box.image == image]
 
+    def boxes(self) -> list[AnswerBox]:
+        return [AnswerBox(b.image, b.label, b.bbox_2d) for b in self.objects]
+
+
+class KiwiBox(BaseModel):
+    """One box of a v2 grounding answer, keys as in Kiwi-Edit's output format (004 App. B,
+    prompts 1-2). Geometry is not checked here, as for GroundedBox."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bbox: list[float] = Field(min_length=4, max_length=4, description="[x1, y1, x2, y2]: top-left and bottom-right corners")
+    label: str = Field(description="a short name of the object")
+
+    _label = field_validator("label")(_not_blank)
+
+
+class EditAreaBoxes(BaseModel):
+    """`ground_edit_area.v2` (Kiwi-Edit prompt 1): the edited area, boxed in image 2 (the edited
+    image). Empty when the model finds nothing (the stage drops the sample with a reason)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_2: list[KiwiBox] = Field(max_length=MAX_OBJECTS, description="boxes of the edited area in the edited image; [] if none")
+
+    def boxes(self) -> list[AnswerBox]:
+        return [AnswerBox("edited", b.label, b.bbox) for b in self.image_2]
+
+
+class ForegroundBoxes(BaseModel):
+    """`ground_foreground.v2` (Kiwi-Edit prompt 2): the same foreground object(s) or person boxed
+    in image 1 (the source) and in image 2 (the edited image), each list in its own image's
+    coordinates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_1: list[KiwiBox] = Field(max_length=MAX_OBJECTS, description="the foreground in the first (source) image; [] if none")
+    image_2: list[KiwiBox] = Field(max_length=MAX_OBJECTS, description="the same foreground in the second (edited) image; [] if none")
+
+    def boxes(self) -> list[AnswerBox]:
+        return ([AnswerBox("source", b.label, b.bbox) for b in self.image_1]
+                + [AnswerBox("edited", b.label, b.bbox) for b in self.image_2])
+
+
+# The schemas the ground_edit stage reads, every version.
+GROUNDING_ANSWERS: tuple[type[BaseModel], ...] = (EditAreaBoxes, ForegroundBoxes, GroundedObjects, GroundedForeground)
+
 
 # --------------------------------------------------------------------------------------------
 # Reference scoring (Kiwi-Edit prompt 3)
@@ -161,6 +221,19 @@ class ReferenceScore(BaseModel):
     score: Annotated[float, Field(ge=1, le=10)] = Field(
         description="1-10: how well the reference shows what the edit introduced, and how clean and complete it is"
     )
+
+
+class ReferenceRating(BaseModel):
+    """`reference_score.v2` (Kiwi-Edit prompt 3): the paper's answer is the score alone, an
+    integer 1-10. Lax int: 7 and 7.0 parse, 7.5 does not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: int = Field(ge=1, le=10, description="1-10 integer: one overall score of the reference image")
+
+
+# The schemas the score_reference stage reads, every version.
+REFERENCE_ANSWERS: tuple[type[BaseModel], ...] = (ReferenceRating, ReferenceScore)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,38 +19,48 @@ import jinja2
 from pydantic import BaseModel
 
 from curation.prompts.judges import (
+    EditAreaBoxes,
     EditJudgement,
     EditScorePQ,
     EditScoreSC,
+    ForegroundBoxes,
     GroundedForeground,
     GroundedObjects,
+    ReferenceRating,
     ReferenceScore,
 )
-from curation.prompts.transition import TransitionAnnotation
+from curation.prompts.transition import ClipCaption, TransitionAnnotation
 
 # "<name>.v<N>" -> (template file inside the `curation.prompts` package, output schema; None for a
 # prompt whose answer is not JSON, e.g. the instruction sent to an image-editing model). A version
 # once released stays loadable, so a run can be reproduced with the prompt it used.
 TEMPLATES: dict[str, tuple[str, type[BaseModel] | None]] = {
     "transition_annotation.v1": ("transition_annotation.v1.j2", TransitionAnnotation),
+    "transition_annotation.v2": ("transition_annotation.v2.j2", TransitionAnnotation),
+    "caption.v1": ("caption.v1.j2", ClipCaption),
     "edit_score_sc.v1": ("edit_score_sc.v1.j2", EditScoreSC),
     "edit_score_pq.v1": ("edit_score_pq.v1.j2", EditScorePQ),
     "edit_judge.v1": ("edit_judge.v1.j2", EditJudgement),
     "ground_edit_area.v1": ("ground_edit_area.v1.j2", GroundedObjects),
+    "ground_edit_area.v2": ("ground_edit_area.v2.j2", EditAreaBoxes),
     "ground_foreground.v1": ("ground_foreground.v1.j2", GroundedForeground),
+    "ground_foreground.v2": ("ground_foreground.v2.j2", ForegroundBoxes),
     "reference_score.v1": ("reference_score.v1.j2", ReferenceScore),
+    "reference_score.v2": ("reference_score.v2.j2", ReferenceRating),
     "reference_edit.v1": ("reference_edit.v1.j2", None),
+    "reference_edit.v2": ("reference_edit.v2.j2", None),
 }
 # A bare name ("transition_annotation") means its default version.
 DEFAULT_VERSIONS: dict[str, str] = {
-    "transition_annotation": "transition_annotation.v1",
+    "transition_annotation": "transition_annotation.v2",
+    "caption": "caption.v1",
     "edit_score_sc": "edit_score_sc.v1",
     "edit_score_pq": "edit_score_pq.v1",
     "edit_judge": "edit_judge.v1",
-    "ground_edit_area": "ground_edit_area.v1",
-    "ground_foreground": "ground_foreground.v1",
-    "reference_score": "reference_score.v1",
-    "reference_edit": "reference_edit.v1",
+    "ground_edit_area": "ground_edit_area.v2",
+    "ground_foreground": "ground_foreground.v2",
+    "reference_score": "reference_score.v2",
+    "reference_edit": "reference_edit.v2",
 }
 
 

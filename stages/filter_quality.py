@@ -1,8 +1,9 @@
 """filter_quality: cheap real-signal checks on each clip before any VLM is paid for.
 
-Black borders (crop recorded), luminance, blur, burned-in text (RapidOCR), NSFW (NudeNet), motion
-(Farneback flow) and the camera's motion class (a homography between frames, which also fills
-VINCIE's camera label when no VLM annotates). Each check is switchable and writes its score into
+Black borders (crop recorded; `sample_frames` cuts it from the frames it stores), luminance, blur,
+burned-in text (RapidOCR), NSFW (NudeNet), motion (Farneback flow) and the camera's motion class (a
+homography between frames: `sample_frames` copies it into each session turn as VINCIE's camera
+label, kept where no VLM annotates the turn). Each check is switchable and writes its score into
 `scores`; a clip failing any enabled check is dropped with the first failure as its reason (in a
 fixed order, `curation.quality.CHECK_ORDER`), and keeps every score for the auditor.
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 from curation.backends.detect import Detection as FoundBox
 from curation.backends.detect import DetectorConfig, GroundingDinoDetector, clean_query
 from curation.backends.models import model_ref
-from curation.backends.segment import Sam2Segmenter, SegmenterConfig
+from curation.backends.segment import BoxSegmenter, SegmenterConfig
 from curation.core.schema import Png
 from curation.core.stage import ModelRef, Resources, Row, Stage, StageError, failure_reason
 from curation.media.jpeg import decode_image
@@ -90,15 +90,16 @@ class Ground(Stage):
     reads_media: ClassVar[tuple[str, ...]] = ("frames",)
 
     detector: DetectorConfig = Field(default_factory=DetectorConfig, description="Grounding DINO: model, thresholds, batch size, device")
-    segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig, description="SAM2: model, batch size, mask threshold, device")
+    segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig,
+                                       description="SAM2 or SAM3 (family): model, batch size, mask threshold, device")
     resources: Resources = Field(default_factory=lambda: Resources(concurrency=(1, 1)), description="Ray resources per worker")
 
     _detector: GroundingDinoDetector | None = PrivateAttr(default=None)
-    _segmenter: Sam2Segmenter | None = PrivateAttr(default=None)
+    _segmenter: BoxSegmenter | None = PrivateAttr(default=None)
 
     def setup(self) -> None:
         self._detector = GroundingDinoDetector(self.detector)
-        self._segmenter = Sam2Segmenter(self.segmenter)
+        self._segmenter = BoxSegmenter(self.segmenter)
 
     def uses_gpu(self) -> bool:
         return True

@@ -2,10 +2,13 @@
 
 A VLM boxes the edited object in the target's first frame (Kiwi-Edit prompt 1, "editing area
 grounding"); for a background change it boxes the kept foreground in both first frames instead
-(prompt 2, "foreground grounding"). Boxes come back in the model's own convention (`box_format`,
-`box_order`) and are converted to frame pixels (a pixel box refers to the image *as sent*, which
-the stage shrinks itself so it knows that size), clipped and validated. SAM2 refines the boxes
-into one mask per image. Samples with no box, only invalid boxes or an empty mask are dropped
+(prompt 2, "foreground grounding"). The prompt versions are settings (`edit_area_template`,
+`foreground_template`); every version's answer lists its boxes per image the same way
+(`boxes()`, prompts/judges.py), so reading them does not depend on the version. Boxes come back
+in the model's own convention (`box_format`, `box_order`, which the prompt states) and are
+converted to frame pixels (a pixel box refers to the image *as sent*, which the stage shrinks
+itself so it knows that size), clipped and validated. SAM2 refines the boxes into one mask per
+image. Samples with no box, only invalid boxes or an empty mask are dropped
 with a reason.
 """
 
@@ -16,16 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_validator
 
 from curation.backends.models import model_ref
-from curation.backends.segment import Sam2Segmenter, SegmenterConfig
+from curation.backends.segment import BoxSegmenter, SegmenterConfig
 from curation.backends.vlm import VLMError, VLMReply, VLMRequest, VLMUsage, shrink_image
 from curation.core.schema import Jpeg, Png
 from curation.core.stage import ModelRef, Resources, Row, failure_reason
 from curation.media.edit_media import read_edit_frames
 from curation.media.jpeg import encode_jpeg
-from curation.prompts.judges import GroundedForeground, GroundedObjects
+from curation.prompts.judges import GROUNDING_ANSWERS
 from curation.prompts.templates import PromptTemplate, load_template
 from curation.regions.boxes import BoxError, BoxFormat, BoxOrder, to_pixels, validate_box
 from curation.regions.roe import encode_mask_png
@@ -39,6 +42,9 @@ BOX_HINTS: dict[str, str] = {
     "norm1": "coordinates normalised to 0-1 over the image's width and height (0 = left/top edge, 1 = right/bottom edge)",
     "auto": "absolute pixel coordinates of the image as you see it (x to the right, y down, origin at the top-left corner)",
 }
+
+# Each prompt setting -> the template family it must name (any version of it).
+TEMPLATE_FAMILIES = {"edit_area_template": "ground_edit_area", "foreground_template": "ground_foreground"}
 
 
 class EditBox(BaseModel):
@@ -82,24 +88,44 @@ class GroundEdit(VLMStage):
     box_format: BoxFormat = Field(description="the model's box convention: norm1000 (Qwen3-VL, Gemini), pixel (Qwen2.5-VL, of the "
                                               "image as sent), norm1, or auto (guess per box)")
     box_order: BoxOrder = Field(description="xyxy, or yxyx (Gemini's native [ymin, xmin, ymax, xmax])")
+    edit_area_template: str = Field("ground_edit_area", description="object edits' prompt (Kiwi-Edit prompt 1): ground_edit_area "
+                                                                    "(its default version), ground_edit_area.v2 or .v1")
+    foreground_template: str = Field("ground_foreground", description="background changes' prompt (Kiwi-Edit prompt 2): "
+                                                                      "ground_foreground (default version), .v2 or .v1")
     background_categories: list[str] = Field(description="categories grounded as background changes (foreground in both frames); "
                                                          "all others as object edits")
     min_box_side_px: float = Field(ge=0, description="boxes thinner than this (pixels, after clipping) are degenerate")
     min_box_area_frac: float = Field(ge=0, le=1, description="boxes covering less than this fraction of the frame are degenerate")
     min_mask_frac: float = Field(ge=0, le=1, description="a mask covering less than this fraction of its frame counts as empty")
-    segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig, description="SAM2: model, batch size, mask threshold, device")
+    segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig,
+                                       description="SAM2 or SAM3 (family): model, batch size, mask threshold, device")
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the stored first frames")
     max_pixels: int = Field(1 << 26, gt=0, description="image-bomb guard for source/target images")
     resources: Resources = Field(default_factory=lambda: Resources(concurrency=(1, 1)), description="Ray resources per worker")
 
-    _segmenter: Sam2Segmenter | None = PrivateAttr(default=None)
+    _segmenter: BoxSegmenter | None = PrivateAttr(default=None)
 
     def setup(self) -> None:
         super().setup()
-        self._segmenter = Sam2Segmenter(self.segmenter)
+        self._segmenter = BoxSegmenter(self.segmenter)
+
+    @field_validator("edit_area_template", "foreground_template")
+    @classmethod
+    def _grounding_template(cls, name: str, info: ValidationInfo) -> str:
+        """A typo or the other prompt's name fails when the config is built, not on the first batch."""
+        family = TEMPLATE_FAMILIES[info.field_name]
+        if name.split(".v")[0] != family:
+            raise ValueError(f"{info.field_name} must be {family} or one of its versions ({family}.v<N>), got {name!r}")
+        try:
+            template = load_template(name)
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
+        if template.schema not in GROUNDING_ANSWERS:
+            raise ValueError(f"{name}: its answer schema {template.schema} is not one ground_edit reads")
+        return name
 
     def templates(self) -> list[PromptTemplate]:
-        return [load_template("ground_edit_area"), load_template("ground_foreground")]
+        return [load_template(self.edit_area_template), load_template(self.foreground_template)]
 
     def uses_gpu(self) -> bool:
         return True  # SAM2, whichever VLM names the objects
@@ -156,7 +182,7 @@ class GroundEdit(VLMStage):
         return _Sample(row, mode, frames, jpegs, sent, {k: _image_size(v) for k, v in sent.items()})
 
     def _request(self, sample: _Sample, feedback: str | None) -> VLMRequest:
-        template = load_template("ground_foreground" if sample.mode == "background" else "ground_edit_area")
+        template = load_template(self.foreground_template if sample.mode == "background" else self.edit_area_template)
         hint = BOX_HINTS[self.box_format]
         if self.box_order == "yxyx":
             hint += "; write each box's four numbers in the order [y1, x1, y2, x2] (top, left, bottom, right)"
@@ -171,18 +197,14 @@ class GroundEdit(VLMStage):
         if reply.parsed is None:
             return f"judge_unparseable: {reply.error}", "dropped"
         answer = reply.parsed
-        if isinstance(answer, GroundedForeground):
-            items = [(b.image, b) for b in answer.objects]
-        elif isinstance(answer, GroundedObjects):
-            items = [("edited", b) for b in answer.objects]
-        else:
+        if not isinstance(answer, GROUNDING_ANSWERS):
             raise TypeError(f"grounding answer parsed as {type(answer).__name__}")
         rejected: list[str] = []
-        for image, item in items:
+        for image, label, coords in answer.boxes():
             height, width = sample.frames[image].shape[:2]
             sent_w, sent_h = sample.sent_sizes[image]
             try:
-                pixels = to_pixels(item.bbox_2d, self.box_format, self.box_order, width=width, height=height,
+                pixels = to_pixels(coords, self.box_format, self.box_order, width=width, height=height,
                                    sent_width=sent_w, sent_height=sent_h)
             except BoxError as e:
                 rejected.append(e.reason)
@@ -192,7 +214,7 @@ class GroundEdit(VLMStage):
             if box is None:
                 rejected.append(why or "degenerate_box")
                 continue
-            sample.boxes.append(EditBox(image=image, label=item.label, box=list(box), answer=list(item.bbox_2d)))
+            sample.boxes.append(EditBox(image=image, label=label, box=list(box), answer=list(coords)))
         if not self._boxes_in(sample, "edited"):
             if rejected:
                 return f"{rejected[0]} ({len(rejected)} box(es) rejected, none valid in the edited frame)", "dropped"

@@ -9,8 +9,10 @@ Backends (`backend=`, curation/backends/references/): `composite` (mask cutout +
 inpainting; offline, the default), `api` (an image-editing API: OpenAI images edit or Gemini
 image output, with the VLM backends' retries, cache and budget) and `diffusers` (a local
 image-editing pipeline, e.g. Qwen-Image-Edit). Those that take an instruction get the
-`reference_edit` prompt naming the grounded object. References with an extreme aspect ratio or a
-short side below `min_side` are dropped with a reason.
+`reference_edit` prompt naming the grounded object, and are shown the grounded region rather than
+the bare frame (curation/backends/references/editor_input.py: the object's mask cutout, or the frame
+with its foreground blanked). References with an extreme aspect ratio, a short side below
+`min_side` or a long side above `max_side` are dropped with a reason.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class ReferenceColumns(BaseModel):
     reference_width: int | None = Field(None, description="reference width in pixels")
     reference_height: int | None = Field(None, description="reference height in pixels")
     reference_backend: str | None = Field(None, description="composite, api:<model> or diffusers:<model>")
+    reference_is_cutout: bool | None = Field(
+        None, description="the reference is made of the target frame's own pixels (composite: the object's mask cutout, or the "
+        "frame with its foreground inpainted), so a model can learn to copy the target from it; False for an editor's image")
     reference_usage: VLMUsage | None = Field(None, description="api backend: requests, cache hits, USD spent on this reference")
 
 
@@ -43,7 +48,7 @@ class Reference(BudgetedStage, SynthesisConfig):
     """Synthesize the reference image (object cutout or inpainted background) and make the sample a quad."""
 
     name: ClassVar[str] = "reference"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: editors shown the mask cutout / blanked frame; max_side; reference_is_cutout
     Columns: ClassVar[type[BaseModel]] = ReferenceColumns
     reads_media: ClassVar[tuple[str, ...]] = ("tgt_frame", "mask_tgt")
 
@@ -51,6 +56,8 @@ class Reference(BudgetedStage, SynthesisConfig):
     # this stage's fields through SynthesisConfig; these are the stage's own.
     max_aspect: float = Field(ge=1, description="drop references whose longer/shorter side ratio exceeds this (reference_aspect)")
     min_side: int = Field(ge=1, description="drop references whose shorter side is below this many pixels (reference_too_small)")
+    max_side: int | None = Field(
+        ge=1, description="drop references whose longer side is above this many pixels (reference_too_large); null: no bound")
 
     _synthesizer: ReferenceSynthesizer | None = PrivateAttr(default=None)
 
@@ -88,24 +95,24 @@ class Reference(BudgetedStage, SynthesisConfig):
             if result.reason is not None:  # retryable: API/model errors
                 out[r] = self.error_row(rows[r], result.reason, reference_usage=usage)
             else:
-                out[r] = self._quad(rows[r], result.image, made_by, usage)
+                out[r] = self._quad(rows[r], result.image, made_by, synthesizer.copies_target_pixels, usage)
         return [out[r] for r in range(len(rows))]
 
     def _input(self, row: Row, template: PromptTemplate | None) -> ReferenceInput:
         frame, mask, mode = _grounded(row)
         if template is None:
-            return ReferenceInput(frame=frame, frame_file=row["tgt_frame"], mask=mask, mode=mode)
-        return ReferenceInput(frame=frame, frame_file=row["tgt_frame"], mask=mask, mode=mode,
-                              prompt=self._prompt(template, row, mode), cache_salt=template.hash)
+            return ReferenceInput(frame=frame, mask=mask, mode=mode)
+        return ReferenceInput(frame=frame, mask=mask, mode=mode, prompt=self._prompt(template, row, mode), cache_salt=template.hash)
 
     def _prompt(self, template: PromptTemplate, row: Row, mode: str) -> str:
         labels = list(dict.fromkeys(b["label"] for b in row.get("edit_boxes") or [] if b["image"] == "edited"))
         return template.render(mode=mode, label=" and ".join(labels) or "main object", background=self.background)
 
-    def _quad(self, row: Row, image: np.ndarray, made_by: str, usage: dict[str, Any] | None) -> Row:
+    def _quad(self, row: Row, image: np.ndarray, made_by: str, cutout: bool, usage: dict[str, Any] | None) -> Row:
         height, width = image.shape[:2]
-        columns = {"reference_width": width, "reference_height": height, "reference_backend": made_by, "reference_usage": usage}
-        problem = reference_problem(width, height, max_aspect=self.max_aspect, min_side=self.min_side)
+        columns = {"reference_width": width, "reference_height": height, "reference_backend": made_by,
+                   "reference_is_cutout": cutout, "reference_usage": usage}
+        problem = reference_problem(width, height, max_aspect=self.max_aspect, min_side=self.min_side, max_side=self.max_side)
         if problem:
             return self.error_row(row, problem, "dropped", **columns)
         try:

@@ -4,25 +4,31 @@ It sees the instruction, the input (source) frame, the edited (target) frame and
 and judges whether the reference shows what the edit introduced (instruction-follow
 consistency) and whether it is a clean, complete image. References scoring below `threshold`
 are dropped.
+
+`template` picks the prompt version: reference_score.v2 (the default) asks for the paper's answer,
+an integer 1-10 alone; reference_score.v1 asked for a 1-10 number with reasoning. Both are on the
+same 1-10 scale, so one threshold serves both and is compared to the score as given (an integer
+score passes `threshold: 7` exactly when it is 7 or more).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from curation.backends.vlm import VLMError, VLMReply, VLMRequest, VLMUsage
 from curation.core.schema import scores_of
 from curation.core.stage import Row, Threshold
-from curation.prompts.judges import REFERENCE_SCORE, ReferenceScore, passes
+from curation.prompts.judges import REFERENCE_ANSWERS, REFERENCE_SCORE, ReferenceScore, passes
 from curation.prompts.templates import PromptTemplate, load_template
 from curation.stages.base.vlm import VLMStage
 
 
 class ScoreReferenceColumns(BaseModel):
     scores: dict[str, float] | None = Field(None, description="name -> score; score_reference adds reference_score (1-10)")
-    reference_reasoning: str | None = Field(None, description="the VLM's reasoning for reference_score")
+    reference_reasoning: str | None = Field(None, description="the VLM's reasoning for reference_score (reference_score.v1 only: "
+                                                            "the paper's prompt, v2, asks for the score alone)")
     vlm_usage: VLMUsage | None = Field(None, description="requests, cache hits, tokens and USD spent rating this reference")
 
 
@@ -34,10 +40,26 @@ class ScoreReference(VLMStage):
     Columns: ClassVar[type[BaseModel]] = ScoreReferenceColumns
     reads_media: ClassVar[tuple[str, ...]] = ("src_frame", "tgt_frame", "reference")
 
-    threshold: float = Field(ge=1, le=10, description="keep references scoring at least this (Kiwi-Edit's quality gate)")
+    template: str = Field("reference_score", description="prompt (Kiwi-Edit prompt 3): reference_score (its default version), "
+                                                         "reference_score.v2 (integer 1-10) or .v1 (1-10 with reasoning)")
+    threshold: float = Field(ge=1, le=10, description="keep references scoring at least this, on the prompt's 1-10 scale. Ours: "
+                                                      "Kiwi-Edit filters low-fidelity references with an MLLM (§3.1, Stage 4; "
+                                                      "App. B, Prompt 3) but publishes no cut-off")
+
+    @field_validator("template")
+    @classmethod
+    def _reference_template(cls, name: str) -> str:
+        """A typo or a prompt with another answer fails when the config is built, not on the first batch."""
+        try:
+            template = load_template(name)
+        except KeyError as e:
+            raise ValueError(e.args[0]) from None
+        if template.schema not in REFERENCE_ANSWERS:
+            raise ValueError(f"{name}: its answer schema {template.schema} is not a reference score")
+        return name
 
     def templates(self) -> list[PromptTemplate]:
-        return [load_template("reference_score")]
+        return [load_template(self.template)]
 
     def thresholds(self) -> list[Threshold]:
         return [Threshold(score=REFERENCE_SCORE, value=self.threshold, setting="threshold")]
@@ -70,9 +92,10 @@ class ScoreReference(VLMStage):
         if reply.parsed is None:
             return self.error_row(row, f"judge_unparseable: {reply.error}", "dropped", **columns)
         answer = reply.parsed
-        if not isinstance(answer, ReferenceScore):
+        if not isinstance(answer, REFERENCE_ANSWERS):
             raise TypeError(f"reference score answer parsed as {type(answer).__name__}")
-        columns.update(scores={**scores_of(row), REFERENCE_SCORE: answer.score}, reference_reasoning=answer.reasoning)
+        reasoning = answer.reasoning if isinstance(answer, ReferenceScore) else None
+        columns.update(scores={**scores_of(row), REFERENCE_SCORE: float(answer.score)}, reference_reasoning=reasoning)
         if not passes(answer.score, self.threshold, inclusive=True):
             return self.error_row(row, f"reference_score_below_threshold: {answer.score:g} (keep >= {self.threshold:g})",
                                      "dropped", **columns)

@@ -94,6 +94,9 @@ class ImageEditor(VLMBackend):
     def _sampling(self) -> tuple[float, int]:
         return CACHE_KEY_SAMPLING
 
+    def _sampling_options(self) -> dict[str, Any]:
+        return {}
+
     def _tokens_per_minute(self) -> float | None:
         return None
 

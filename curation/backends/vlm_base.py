@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from curation.backends.budget import Budget
 from curation.backends.limits import Failure, RateLimiter, SharedRateLimiter, backoff_delay
@@ -61,6 +61,11 @@ class VLMConfig(TransportConfig):
     tokens_per_minute: float | None = Field(
         None, gt=0, description="prompt + output, for all workers of the stage together; None = unlimited")
     temperature: float = Field(0.0, ge=0, description="sampling temperature; 0 = greedy")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling (all backends); None: the server's default")
+    top_k: int | None = Field(None, ge=1, description="top-k sampling: gemini and local natively; openai sends it as a "
+                                                      "top-level extra field (vLLM, SGLang take it; api.openai.com rejects it)")
+    extra_body: dict[str, Any] | None = Field(None, description="openai/vllm only: extra top-level request fields, e.g. vLLM's "
+                                                                 "{chat_template_kwargs: {enable_thinking: false}}")
     max_tokens: int = Field(1024, ge=1, description="output token limit per request")
     usd_per_mtok_input: float = Field(0.0, ge=0, description="price per million prompt tokens (cost, budget)")
     usd_per_mtok_output: float = Field(0.0, ge=0, description="price per million output tokens (cost, budget)")
@@ -69,6 +74,24 @@ class VLMConfig(TransportConfig):
     local_batch_size: int = Field(8, ge=1, description="local only: requests per batched generate()")
     server: VLLMServerConfig | None = Field(None, description="vllm only: the servers the run starts (None: defaults)")
 
+    @model_validator(mode="after")
+    def _extra_body_needs_openai(self) -> VLMConfig:
+        # Gemini and local generate have no free-form request body: a setting they would drop
+        # silently is an error instead.
+        if self.extra_body and self.backend not in ("openai", "vllm"):
+            raise ValueError(f"vlm.extra_body is sent to OpenAI-compatible servers only (backend openai or vllm), "
+                             f"not {self.backend}")
+        clash = sorted({"model", "messages"} & set(self.extra_body or {}))
+        if clash:
+            raise ValueError(f"vlm.extra_body must not set {', '.join(clash)}: use vlm.model / the prompt")
+        return self
+
+    def sampling_options(self) -> dict[str, Any]:
+        """top_p, top_k and extra_body where set: what the request carries beyond temperature and
+        max_tokens, and so part of the response-cache key."""
+        options = {"top_p": self.top_p, "top_k": self.top_k, "extra_body": self.extra_body}
+        return {name: value for name, value in options.items() if value is not None}
+
 
 @dataclass
 class VLMRequest:
@@ -76,6 +99,10 @@ class VLMRequest:
     images: list[bytes]  # encoded JPEG/PNG, attached in order after the prompt
     schema: type[BaseModel]  # the output model; its JSON schema constrains the output
     cache_salt: str = ""  # e.g. the prompt template's hash; part of the cache key
+    # Take the JSON object out of surrounding text (first "{" to last "}"), as EditScore's own
+    # parser does: its judges were trained to answer with JSON, not constrained to it. Off: the
+    # whole text must be the JSON (guided decoding makes it so).
+    json_in_text: bool = False
 
 
 @dataclass
@@ -146,9 +173,19 @@ def _summarize(error: ValidationError, limit: int = 3) -> str:
     return "; ".join(parts) + more
 
 
-def parse_reply(schema: type[BaseModel], raw: str) -> tuple[BaseModel | None, str | None]:
-    """(validated object, None) or (None, "invalid_json: ..." | "schema_mismatch: ...")."""
+def _json_object_in(text: str) -> str:
+    """From the first "{" to the last "}" (the text itself when it has no such span)."""
+    start, end = text.find("{"), text.rfind("}")
+    return text[start:end + 1] if 0 <= start < end else text
+
+
+def parse_reply(schema: type[BaseModel], raw: str, json_in_text: bool = False) -> tuple[BaseModel | None, str | None]:
+    """(validated object, None) or (None, "invalid_json: ..." | "schema_mismatch: ...").
+    `json_in_text`: parse the JSON object inside the text (VLMRequest.json_in_text). Nothing
+    else is repaired and nothing is made up: an answer without a valid object is invalid."""
     text = _strip_fences(raw)
+    if json_in_text:
+        text = _json_object_in(text)
     if not text:
         return None, "invalid_json: empty response text"
     try:
@@ -287,6 +324,10 @@ class VLMBackend(ABC):
     def _sampling(self) -> tuple[float, int]:
         """(temperature, max_tokens): part of the cache key; max_tokens also bounds the token estimate."""
         return self.cfg.temperature, self.cfg.max_tokens
+
+    def _sampling_options(self) -> dict[str, Any]:
+        """top_p, top_k, extra_body where set (`VLMConfig.sampling_options`): part of the cache key."""
+        return self.cfg.sampling_options()
 
     def _tokens_per_minute(self) -> float | None:
         return self.cfg.tokens_per_minute
@@ -438,10 +479,11 @@ class VLMBackend(ABC):
                 backend=self.backend, model=cfg.model, base_url=cfg.base_url, prompt=req.prompt,
                 images=req.images, schema=json_schema_of(req.schema), temperature=temperature,
                 max_tokens=max_tokens, image_max_side=cfg.image_max_side, salt=req.cache_salt,
+                options=self._sampling_options(),
             )
             entry = await asyncio.to_thread(self.cache.get, key)
             if entry is not None:
-                parsed, error = parse_reply(req.schema, entry["raw"])
+                parsed, error = parse_reply(req.schema, entry["raw"], req.json_in_text)
                 return VLMReply(parsed, entry["raw"], VLMUsage(cache_hits=1), error)
 
         images = await asyncio.to_thread(lambda: [shrink_image(img, cfg.image_max_side) for img in req.images])
@@ -489,6 +531,6 @@ class VLMBackend(ABC):
             this_call = VLMUsage(requests=1, prompt_tokens=done.prompt_tokens,
                                  completion_tokens=done.completion_tokens, usd=usd)
             await asyncio.to_thread(self.cache.put, key, done.raw, this_call.model_dump(), self.model_id())
-        parsed, error = parse_reply(req.schema, done.raw)
+        parsed, error = parse_reply(req.schema, done.raw, req.json_in_text)
         return VLMReply(parsed, done.raw, usage, error)
 

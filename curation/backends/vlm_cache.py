@@ -2,8 +2,10 @@
 question. Local paths and any pyarrow/fsspec URI work (`curation.core.storage` does the I/O).
 
 Key: sha256 over everything that changes the answer: backend, model, endpoint, the rendered
-prompt, each image's sha256, the output JSON schema, sampling settings, image size limit and a
-caller's salt (e.g. the prompt template's hash). Value: the raw text and the usage of the call
+prompt, each image's sha256, the output JSON schema, sampling settings (temperature, max_tokens,
+and top_p / top_k / extra_body when set), image size limit and a caller's salt (e.g. the prompt
+template's hash). Options that are not set add nothing to the key, so entries written before they
+existed stay valid: those requests were the same. Value: the raw text and the usage of the call
 that produced it. Every response that arrived is cached, including ones that then fail
 validation (a validation retry uses another prompt, hence another key); transport errors never
 are.
@@ -36,6 +38,7 @@ def cache_key(
     max_tokens: int,
     image_max_side: int | None,
     salt: str = "",
+    options: dict[str, Any] | None = None,
 ) -> str:
     parts = {
         "format": CACHE_FORMAT,
@@ -50,6 +53,8 @@ def cache_key(
         "image_max_side": image_max_side,
         "salt": salt,
     }
+    if options:  # top_p, top_k, extra_body (VLMConfig.sampling_options)
+        parts["options"] = options
     return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 

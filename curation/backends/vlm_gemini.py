@@ -64,6 +64,8 @@ class GeminiVLM(VLMBackend):
             response_mime_type="application/json",
             response_json_schema=json_schema_of(schema),
             temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,  # None: the model's default
+            top_k=self.cfg.top_k,
             max_output_tokens=self.cfg.max_tokens,
             # No tools are declared; this also silences the SDK's per-call "AFC is enabled" log.
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),

@@ -177,8 +177,12 @@ class LocalVLM(VLMBackend):
             images.extend(imgs)
         inputs = self._processor(text=texts, images=images or None, padding=True, return_tensors="pt")
         inputs = inputs.to(self._model.device)
+        # Greedy at temperature 0, so top_p/top_k only apply when sampling. Unset, they stay
+        # None: generate() then takes the checkpoint's generation_config values.
         sampling: dict[str, Any] = (
-            {"do_sample": True, "temperature": self.cfg.temperature} if self.cfg.temperature > 0
+            {"do_sample": True, "temperature": self.cfg.temperature,
+             **{k: v for k, v in (("top_p", self.cfg.top_p), ("top_k", self.cfg.top_k)) if v is not None}}
+            if self.cfg.temperature > 0
             else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         )
         grammar = LogitsProcessor([self._grammars.get(schema) for _, _, schema in items])

@@ -28,8 +28,10 @@ def _error_message(exc: Any) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _body_head(model: str, schema: type[BaseModel], temperature: float, max_tokens: int) -> bytes:
-    """Everything of a request body but its messages, as the JSON object's opening (once per schema)."""
+def _body_head(model: str, schema: type[BaseModel], temperature: float, max_tokens: int, options_json: str) -> bytes:
+    """Everything of a request body but its messages, as the JSON object's opening (once per schema
+    and options). `options_json`: `VLMConfig.sampling_options()` as JSON (a dict is not hashable)."""
+    options = json.loads(options_json)
     head = {
         "model": model,
         "response_format": {
@@ -39,13 +41,20 @@ def _body_head(model: str, schema: type[BaseModel], temperature: float, max_toke
         "temperature": temperature,
         "max_completion_tokens": max_tokens,
     }
+    if "top_p" in options:
+        head["top_p"] = options["top_p"]
+    if "top_k" in options:  # not an OpenAI field: vLLM and SGLang read it from the top level, as the SDK's extra_body puts it
+        head["top_k"] = options["top_k"]
+    # extra_body last, as the SDK merges it: its keys win (e.g. a server-specific sampling field).
+    head.update(options.get("extra_body") or {})
     return json.dumps(head, separators=(",", ":")).encode()[:-1]
 
 
 def chat_body(model: str, prompt: str, images: list[bytes], schema: type[BaseModel], temperature: float,
-              max_tokens: int) -> bytes:
+              max_tokens: int, options: dict[str, Any] | None = None) -> bytes:
     """The chat-completions request body, JSON bytes: one user message, the prompt then each image
-    as a base64 data URL. Built here rather than by the SDK's `create`, which walks every message
+    as a base64 data URL; `options` are top_p, top_k and extra_body (`VLMConfig.sampling_options`).
+    Built here rather than by the SDK's `create`, which walks every message
     through its TypedDict transform and JSON-encodes the whole body again: with two 1024 px frames
     (~430 KB of base64) that was a third of the client's CPU per request. Base64 needs no JSON
     escaping, so the image parts are joined in as bytes."""
@@ -53,8 +62,8 @@ def chat_body(model: str, prompt: str, images: list[bytes], schema: type[BaseMod
     for img in images:
         url = b"data:" + image_mime(img).encode() + b";base64," + base64.b64encode(img)
         parts.append(b'{"type":"image_url","image_url":{"url":"' + url + b'"}}')
-    return b"".join([_body_head(model, schema, temperature, max_tokens), b',"messages":[{"role":"user","content":[',
-                     b",".join(parts), b"]}]}"])
+    head = _body_head(model, schema, temperature, max_tokens, json.dumps(options or {}, sort_keys=True))
+    return b"".join([head, b',"messages":[{"role":"user","content":[', b",".join(parts), b"]}]}"])
 
 
 class OpenAIVLM(VLMBackend):
@@ -86,7 +95,8 @@ class OpenAIVLM(VLMBackend):
         """One chat completion through `client` (a subclass may spread calls over several)."""
         from openai.types.chat import ChatCompletion
 
-        body = chat_body(self.cfg.model, prompt, images, schema, self.cfg.temperature, self.cfg.max_tokens)
+        body = chat_body(self.cfg.model, prompt, images, schema, self.cfg.temperature, self.cfg.max_tokens,
+                         self.cfg.sampling_options())
         response = await client.post("/chat/completions", cast_to=ChatCompletion, content=body)
         usage = response.usage
         prompt_tokens = (usage.prompt_tokens or 0) if usage else 0

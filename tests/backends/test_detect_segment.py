@@ -1,6 +1,6 @@
-"""Grounding DINO and SAM2 adapters on tiny random models loaded from a local directory: batched
+"""Grounding DINO and SAM2/SAM3 adapters on tiny random models loaded from a local directory: batched
 results equal one-image-at-a-time results, detections map to their own query, empty inputs cost
-nothing."""
+nothing, and a checkpoint of the other SAM family is refused."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 
 from curation.backends.detect import DetectorConfig, GroundingDinoDetector, clean_query
 from curation.backends.models import resolve_model
-from curation.backends.segment import Sam2Segmenter, SegmenterConfig
+from curation.backends.segment import BoxSegmenter, SegmenterConfig
 
-from tests.fixtures.media import video_path
+from tests.fixtures.media import image_path, video_path
+from tests.fixtures.tiny_sam3 import build_tiny_sam3_tracker
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,8 @@ def detector(tiny_dirs) -> GroundingDinoDetector:
 
 
 @pytest.fixture(scope="module")
-def segmenter(tiny_dirs) -> Sam2Segmenter:
-    return Sam2Segmenter(SegmenterConfig(model=tiny_dirs[1], batch_size=8, device="cpu"))
+def segmenter(tiny_dirs) -> BoxSegmenter:
+    return BoxSegmenter(SegmenterConfig(model=tiny_dirs[1], batch_size=8, device="cpu"))
 
 
 def test_batched_detection_equals_one_image_at_a_time(detector, images):
@@ -110,3 +111,32 @@ def test_batched_masks_equal_one_image_at_a_time_at_original_size(segmenter, ima
         single = segmenter.segment([image], [box_list])[0]
         assert single.shape == masks.shape
         assert np.count_nonzero(single != masks) <= 1e-3 * masks.size  # float noise may flip a pixel on the threshold
+
+
+# ---- SAM3 (Sam3TrackerModel, box prompts) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sam3_dir(tmp_path_factory):
+    return build_tiny_sam3_tracker(tmp_path_factory.mktemp("tiny-sam3-tracker"))
+
+
+def test_sam3_box_prompts_give_one_mask_per_box_at_the_image_s_size(sam3_dir, images):
+    segmenter = BoxSegmenter(SegmenterConfig(family="sam3", model=str(sam3_dir), batch_size=2, device="cpu"))
+    assert type(segmenter.model).__name__ == "Sam3TrackerModel"
+    cat = cv2.cvtColor(cv2.imread(str(image_path("skimage/chelsea.png")), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)  # 451x300
+    frames = [cat, images[2], cat]
+    boxes = [[(140, 40, 350, 200), (0, 0, 451, 300)], [], [(20, 30, 100, 90)]]
+    batched = segmenter.segment(frames, boxes)  # batch_size=2: two forward passes, box lists padded
+    for frame, box_list, masks in zip(frames, boxes, batched):
+        assert masks.dtype == bool and masks.shape == (len(box_list), *frame.shape[:2])
+    assert batched[0].shape == (2, 300, 451) and batched[1].shape == (0, *images[2].shape[:2])
+    single = segmenter.segment([cat], [boxes[2]])[0]
+    assert np.count_nonzero(single != batched[2]) <= 1e-3 * single.size  # the padding changed no real mask
+
+
+def test_a_checkpoint_of_the_other_family_is_refused(sam3_dir, tiny_dirs):
+    with pytest.raises(ValueError, match="a 'sam3_tracker' checkpoint, not one of family 'sam2'"):
+        BoxSegmenter(SegmenterConfig(family="sam2", model=str(sam3_dir), device="cpu"))
+    with pytest.raises(ValueError, match="a 'sam2' checkpoint, not one of family 'sam3'"):
+        BoxSegmenter(SegmenterConfig(family="sam3", model=tiny_dirs[1], device="cpu"))

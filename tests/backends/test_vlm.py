@@ -338,3 +338,62 @@ def test_retry_after_parsing_and_backoff():
     assert all(0 <= backoff_delay(n, 1.0, 4.0) <= min(4.0, 2.0**n) for n in range(6) for _ in range(20))
     assert backoff_delay(0, 0.01, 0.05, retry_after_s=2.0) >= 2.0  # the server's wait is a floor
     assert VLMUsage(requests=1, usd=0.5) + VLMUsage(requests=2, cache_hits=1) == VLMUsage(requests=3, cache_hits=1, usd=0.5)
+
+
+# ---- request options: top_p, top_k, extra_body -----------------------------------------------
+
+
+def test_top_p_and_top_k_reach_the_request(server):
+    run(server, [request()], temperature=0.7, top_p=0.9, top_k=20)
+    (sent,) = server.requests
+    if server.backend == "openai":  # top_p is an OpenAI field; top_k goes at the top level, as vLLM reads it
+        assert (sent.body["temperature"], sent.body["top_p"], sent.body["top_k"]) == (0.7, 0.9, 20)
+    else:
+        config = sent.body["generationConfig"]
+        assert (config["temperature"], config["topP"], config["topK"]) == (0.7, 0.9, 20)
+
+
+def test_unset_options_are_not_sent(server):
+    run(server, [request()])
+    (sent,) = server.requests
+    fields = sent.body if server.backend == "openai" else sent.body["generationConfig"]
+    assert not {"top_p", "top_k", "topP", "topK", "chat_template_kwargs"} & set(fields)
+
+
+def test_extra_body_goes_to_the_top_level_of_openai_requests(servers, monkeypatch):
+    server = servers["openai"]
+    server.reset(default=ok(ANNOTATION))
+    server.backend = "openai"
+    monkeypatch.setenv(KEY_ENV, KEY)
+    extra = {"chat_template_kwargs": {"enable_thinking": False}, "top_k": 5, "repetition_penalty": 1.05}
+    (reply,) = run(server, [request()], top_k=20, extra_body=extra)
+    assert isinstance(reply, VLMReply) and reply.parsed == ANNOTATION
+    (sent,) = server.requests
+    assert sent.body["chat_template_kwargs"] == {"enable_thinking": False} and sent.body["repetition_penalty"] == 1.05
+    assert sent.body["top_k"] == 5  # extra_body wins, as the SDK's extra_body would
+    server.reset()
+
+
+@pytest.mark.parametrize("backend", ["gemini", "local"])
+def test_extra_body_is_refused_where_there_is_no_body_to_put_it_in(backend):
+    with pytest.raises(ValueError, match="extra_body"):
+        VLMConfig(backend=backend, model="m", extra_body={"chat_template_kwargs": {}})
+
+
+def test_extra_body_may_not_replace_the_model_or_the_messages():
+    with pytest.raises(ValueError, match="messages"):
+        VLMConfig(backend="openai", model="m", extra_body={"messages": []})
+
+
+def test_each_option_is_part_of_the_cache_key(server, tmp_path):
+    settings = [{}, {"top_p": 0.9}, {"top_p": 0.8}, {"top_p": 0.8, "top_k": 20}]
+    if server.backend == "openai":
+        settings += [{"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}},
+                     {"extra_body": {"chat_template_kwargs": {"enable_thinking": True}}}]
+    for n, options in enumerate(settings, start=1):
+        (reply,) = run(server, [request()], cache=True, cache_dir=str(tmp_path), **options)
+        assert reply.usage.cache_hits == 0 and len(server.requests) == n, options  # never a stale replay
+    for options in settings:  # each setting replays its own answer
+        (reply,) = run(server, [request()], cache=True, cache_dir=str(tmp_path), **options)
+        assert reply.usage.cache_hits == 1
+    assert len(server.requests) == len(settings)

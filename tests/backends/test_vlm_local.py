@@ -108,3 +108,14 @@ def test_tiny_builder_is_deterministic_and_loads_offline(tiny_cache, tmp_path):
     done = subprocess.run([sys.executable, "-c", code, str(again)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"]
+
+
+def test_top_k_reaches_generate(tiny_vlm, tiny_cache):
+    """Sampling hot (temperature 5) but with top_k=1 keeps only the likeliest allowed token at
+    every step: the answers are the greedy ones, which they would not be if top_k were dropped."""
+    requests = [VLMRequest(f"Describe pair {i}.", jpegs(2), TransitionAnnotation) for i in range(2)]
+    greedy = [r.raw for r in tiny_vlm.generate_many(requests)]
+    cfg = VLMConfig(backend="local", model="tiny:qwen2-vl", cache=False, local_batch_size=8, max_tokens=256,
+                    temperature=5.0, top_k=1, top_p=0.5)
+    with make_vlm(cfg) as vlm:
+        assert [r.raw for r in vlm.generate_many(requests)] == greedy

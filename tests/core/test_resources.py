@@ -13,7 +13,7 @@ from curation.core.resources import Cluster, cpu_fallback_warnings, fit_to_clust
 from curation.core.stage import Resources, registry
 
 # Stages whose packaged defaults run a local model a GPU speeds up (models=real, vlm=local).
-MODEL_STAGES = {"annotate", "edit_score", "score_reference", "ground", "ground_edit", "embed", "dedup"}
+MODEL_STAGES = {"annotate", "caption", "edit_score", "score_reference", "ground", "ground_edit", "embed", "dedup"}
 
 
 def test_print_config_resources_gpu_gives_every_model_stage_a_gpu_share():

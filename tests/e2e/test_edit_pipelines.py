@@ -85,11 +85,12 @@ def test_references_pipeline_turns_edits_into_filtered_quads(dataset, tmp_path, 
         row, edit = judged[name], next(e for e in edits if e.name == name)
         assert row["status"] == "ok", row["reason"]
         assert dict(row["scores"])["edit_score"] == pytest.approx(edit.edit_score)
-        assert len(row["edit_judgements"]) == (4 if edit.kind == "triplet" else 1)
+        # A triplet: 30 frames at 12.5 fps judged at 2 fps, at 0, 0.5, 1, 1.5 and 2 s.
+        assert len(row["edit_judgements"]) == (5 if edit.kind == "triplet" else 1)
     # Out-of-category edits are never sent to the judge: SC questions for ball, cup, backdrop and
-    # unchanged (one image pair each) and car_red's 4 frame pairs.
-    asked = [r for r in server.requests if "Editing success" in server.prompt_of(r.body)]
-    assert len(asked) == 4 + 4
+    # unchanged (one image pair each) and car_red's 5 frame pairs.
+    asked = [r for r in server.requests if "evaluates the editing success" in server.prompt_of(r.body)]
+    assert len(asked) == 4 + 5
 
     grounded = by_name(storage.read_table(str(out / "03-ground_edit")).to_pylist(), edits)
     assert set(grounded) == {"ball", "cup", "backdrop", "car_red"}

@@ -27,7 +27,7 @@ from curation.prompts.judges import (
     judgement_subscores,
     passes,
 )
-from curation.prompts.templates import load_template, template_names
+from curation.prompts.templates import DEFAULT_VERSIONS, load_template, template_names
 
 # Every judging template with a full set of slots; the values are distinctive so a test can see
 # each one in the rendered prompt.
@@ -36,20 +36,21 @@ SLOTS: dict[str, dict[str, object]] = {
     "edit_score_pq": {"feedback": None},
     "edit_judge": {"instruction": "Replace the red kettle with a copper teapot.", "category": "local_replace",
                    "is_video": False, "feedback": None},
-    "ground_edit_area": {"instruction": "Add a straw hat to the man.",
-                         "box_hint": "absolute pixel coordinates of the image as given", "feedback": None},
-    "ground_foreground": {"instruction": "Put the dancer on a moonlit beach.",
-                          "box_hint": "coordinates normalised to 0-1000", "feedback": None},
-    "reference_score": {"instruction": "Add a straw hat to the man.", "feedback": None},
+    # Kiwi-Edit's prompts: v1 here; v2, the default, in test_kiwi_prompts.py.
+    "ground_edit_area.v1": {"instruction": "Add a straw hat to the man.",
+                            "box_hint": "absolute pixel coordinates of the image as given", "feedback": None},
+    "ground_foreground.v1": {"instruction": "Put the dancer on a moonlit beach.",
+                             "box_hint": "coordinates normalised to 0-1000", "feedback": None},
+    "reference_score.v1": {"instruction": "Add a straw hat to the man.", "feedback": None},
     "reference_edit": {"mode": "object", "label": "straw hat", "background": "pure white"},
 }
 SCHEMAS = {
     "edit_score_sc": EditScoreSC,
     "edit_score_pq": EditScorePQ,
     "edit_judge": EditJudgement,
-    "ground_edit_area": GroundedObjects,
-    "ground_foreground": GroundedForeground,
-    "reference_score": ReferenceScore,
+    "ground_edit_area.v1": GroundedObjects,
+    "ground_foreground.v1": GroundedForeground,
+    "reference_score.v1": ReferenceScore,
     "reference_edit": None,
 }
 # One valid answer per schema, as a model would write it.
@@ -77,7 +78,7 @@ def test_every_judging_template_is_registered_with_its_schema():
     for name, schema in SCHEMAS.items():
         template = load_template(name)
         assert template.schema is schema
-        assert template.file == f"{name}.v1.j2" and len(template.hash) == 16
+        assert template.file == f"{DEFAULT_VERSIONS.get(name, name)}.j2" and len(template.hash) == 16
 
 
 @pytest.mark.parametrize("name", sorted(SLOTS))
@@ -124,18 +125,30 @@ def test_edit_judge_says_frames_for_videos_and_shows_category_only_when_given():
 
 
 def test_grounding_boxes_the_edited_image_and_foreground_is_per_image():
-    edit_area = load_template("ground_edit_area").render(**SLOTS["ground_edit_area"])
+    edit_area = load_template("ground_edit_area.v1").render(**SLOTS["ground_edit_area.v1"])
     assert "EDITED image" in edit_area and "bbox_2d" in edit_area
-    foreground = load_template("ground_foreground").render(**SLOTS["ground_foreground"])
+    foreground = load_template("ground_foreground.v1").render(**SLOTS["ground_foreground.v1"])
     assert '"image": "source"' in foreground and '"image": "edited"' in foreground
 
 
-def test_reference_edit_modes():
-    template = load_template("reference_edit")
+def test_reference_edit_v1_modes():
+    template = load_template("reference_edit.v1")
     obj = template.render(mode="object", label="copper teapot", background="pure white")
     assert obj.startswith("Extract the copper teapot") and "pure white background" in obj
     background = template.render(mode="background", label="dancer", background="pure white")
     assert background.startswith("Remove the dancer") and "white" not in background
+    with pytest.raises(jinja2.UndefinedError, match="mode_must_be_object_or_background"):
+        template.render(mode="person", label="dancer", background="pure white")
+
+
+def test_reference_edit_v2_names_the_plain_area_the_editor_is_shown():
+    """v2 (the default) goes with the mask-built input: a cutout (object) or a blanked hole (background)."""
+    template = load_template("reference_edit")
+    assert template.file == "reference_edit.v2.j2"
+    obj = template.render(mode="object", label="copper teapot", background="pure white")
+    assert obj.startswith("This image shows a copper teapot cut out") and "plain pure white background" in obj
+    background = template.render(mode="background", label="dancer", background="gray")
+    assert "area painted plain gray is where a dancer was removed" in background
     with pytest.raises(jinja2.UndefinedError, match="mode_must_be_object_or_background"):
         template.render(mode="person", label="dancer", background="pure white")
 

@@ -13,6 +13,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import curation
+from curation.prompts import editscore
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -96,8 +97,20 @@ def test_extras_refer_to_the_distribution_by_its_name():
         assert canonicalize_name(req.name) == name, f"{req}: the distribution is {name}, not {req.name}"
         assert set(req.extras) <= set(extras), f"{req}: unknown extras {set(req.extras) - set(extras)}"
     assert {str(r) for r in self_refs} == {"curation[clip,faiss,quality,s3]"}
-    # vllm pins its own torch (pyproject.toml says why): installed apart, never part of `all`.
-    assert set(Requirement(extras["all"][0]).extras) == set(extras) - {"all", "dev", "vllm"}
+    # vllm pins its own torch (pyproject.toml says why): installed apart, never part of `all`; editscore
+    # is installed without its dependencies (scripts/setup.sh), which an extra in `all` would resolve.
+    assert set(Requirement(extras["all"][0]).extras) == set(extras) - {"all", "dev", "vllm", "editscore"}
+
+
+def test_editscore_is_installed_at_its_pin_without_dependencies():
+    """edit_score reads EditScore's prompts from the package pinned in pyproject's `editscore` extra;
+    setup.sh and the Dockerfile install exactly that version, with --no-deps."""
+    (pin,) = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["editscore"]]
+    assert pin.name == "editscore" and str(pin.specifier).startswith("==")
+    version = str(pin.specifier).removeprefix("==")
+    assert version == editscore.PINNED, "prompts/editscore.py checks the installed version against its own pin"
+    assert re.search(rf"pip install --no-deps '?editscore=={re.escape(version)}'?", (ROOT / "scripts" / "setup.sh").read_text())
+    assert re.search(rf"pip install [^\n]*--no-deps [^\n]*editscore=={re.escape(version)}", (ROOT / "docker" / "Dockerfile").read_text())
 
 
 def test_stage_entry_points_name_the_packaged_modules():

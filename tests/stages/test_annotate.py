@@ -127,6 +127,24 @@ def test_pairs_failing_twice_are_recorded_per_turn_and_a_session_without_valid_t
     assert s1["turns"][0]["error"].startswith("invalid_json")
 
 
+def test_a_turn_the_vlm_could_not_annotate_keeps_the_homography_camera_label(tmp_path):
+    rows = session_rows([3])
+    rows[0]["turns"] = [{"index": k, "camera": "tilt-up", "camera_raw": "homography: tilt-up"} for k in range(2)]
+    bad_first_frame = base64.b64encode(rows[0]["frames"][0]).decode()
+
+    def answer(body_text: str):
+        body = json.loads(body_text)
+        first_image = next(p["image_url"]["url"] for p in body["messages"][0]["content"] if p["type"] == "image_url")
+        return "not an annotation" if first_image.split(",", 1)[1] == bad_first_frame else VALID
+
+    with openai_server(default=ok_from_prompt(answer)) as server:
+        server.prompt_of = json.dumps
+        (row,) = annotate(rows, vlm(server, tmp_path))
+    failed, annotated = row["turns"]
+    assert failed["error"].startswith("invalid_json") and (failed["camera"], failed["camera_raw"]) == ("tilt-up", "homography: tilt-up")
+    assert (annotated["camera"], annotated["camera_raw"]) == ("pan-right", VALID["camera_change"])  # the VLM's wins
+
+
 def test_api_errors_after_retries_make_the_session_an_error_and_keep_the_reason(tmp_path):
     with openai_server(default=http_error(500)) as server:
         out = annotate(session_rows([2]), vlm(server, tmp_path, max_retries=1))
@@ -174,7 +192,7 @@ def test_through_ray_a_second_identical_run_is_served_from_the_cache(tmp_path, r
     assert usage1["requests"] == 5 and usage1["prompt_tokens"] == 50 and usage1["completion_tokens"] == 25
     assert usage1["usd"] == pytest.approx(50 * 1e-6 + 25 * 2e-6)
     assert usage2["requests"] == 0 and usage2["cache_hits"] == 5 and usage2["usd"] == 0
-    assert record1["model_ids"]["prompt"].startswith("transition_annotation.v1.j2@")
+    assert record1["model_ids"]["prompt"].startswith("transition_annotation.v2.j2@")
     assert "OPENAI_API_KEY" not in json.dumps(record1["config"]["vlm"]).replace('"api_key_env": "OPENAI_API_KEY"', "")
 
 

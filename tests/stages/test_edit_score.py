@@ -5,7 +5,10 @@ passes and, through the Ray runner, the stratified per-(category, dataset) cap."
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -20,19 +23,21 @@ from curation.core.config import compose
 from curation.core.runner import run
 from curation.core.schema import arrow_schema
 from curation.media.edit_media import encode_h264
+from curation.media.probe import probe_video
 from curation.prompts.judges import EDIT_SCORE, SUB_SCORES
 from curation.sources.edit_datasets import EditSourceRow
 from curation.stages.edit_score import EditScore
 from curation.stages.ingest import IngestColumns
 
-from tests.fixtures.media import EXAMPLES
+from tests.fixtures.media import EXAMPLES, video_path
 from tests.fixtures.vlm_servers import OpenAIServer, http_error, ok, ok_from_prompt, openai_server, raw_text
 
 SCHEMA = arrow_schema(EditSourceRow, IngestColumns)  # what ingest writes for an edit dataset
-STAGE = dict(judge="vlm", frames=4, aggregate="mean", passes=1, threshold=6.0, inclusive=True, categories=None)
+STAGE = dict(judge="vlm", fps=2.0, max_frames=16, aggregate="mean", passes=1, threshold=6.0, inclusive=True, categories=None)
 PHOTOS = ("chelsea.png", "coffee.png", "rocket.jpg")
 CROP = 96
 CLIP_FRAMES = 12
+CLIP_FPS = 12.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -50,11 +55,11 @@ def _save(path: Path, image: np.ndarray) -> None:
 
 
 def edit_row(index: int, kind: str, source: Path, target: Path, instruction: str, *, category: str = "local_change",
-             dataset: str = "ds", frames: int = 1) -> dict:
+             dataset: str = "ds", frames: int = 1, fps: float | None = None) -> dict:
     return dict(sample_id=f"edit{index}", parent_ids=[f"source{index}"], kind=kind, edit_kind=kind,
                 source_uri=str(source), target_uri=str(target), instruction=instruction, category=category,
-                dataset=dataset, num_frames=frames, target_num_frames=frames, status="ok", stage="ingest",
-                stage_version="1")
+                dataset=dataset, num_frames=frames, target_num_frames=frames, fps=fps, target_fps=fps, status="ok",
+                stage="ingest", stage_version="1")
 
 
 def pair_rows(tmp_path: Path, instructions: list[str], **fields) -> list[dict]:
@@ -96,10 +101,10 @@ def triplet_row(tmp_path: Path, instruction: str) -> dict:
     for f in target:
         f[40:90, 60:140, 0] = 230
     (tmp_path / "media").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "media" / "clip_src.mp4").write_bytes(encode_h264(source, 12.5))
-    (tmp_path / "media" / "clip_tgt.mp4").write_bytes(encode_h264(target, 12.5))
+    (tmp_path / "media" / "clip_src.mp4").write_bytes(encode_h264(source, CLIP_FPS))
+    (tmp_path / "media" / "clip_tgt.mp4").write_bytes(encode_h264(target, CLIP_FPS))
     return edit_row(0, "triplet", tmp_path / "media" / "clip_src.mp4", tmp_path / "media" / "clip_tgt.mp4",
-                    instruction, frames=CLIP_FRAMES)
+                    instruction, frames=CLIP_FRAMES, fps=CLIP_FPS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,7 +147,7 @@ def prompts(server) -> list[str]:
 
 def test_editscore_judge_stores_its_four_subscores_and_the_overall(tmp_path):
     def answer(prompt: str) -> dict:
-        if "Naturalness" in prompt:  # perceptual quality: the edited image alone
+        if "image naturalness" in prompt:  # perceptual quality: the edited image alone
             return {"reasoning": "Slight seam.", "score": [25, 17.5]}
         return {"reasoning": "Disc added.", "score": [20, 22.5]}
 
@@ -280,7 +285,7 @@ def test_500_until_retries_run_out_is_an_error(tmp_path):
 # Videos and passes
 # --------------------------------------------------------------------------------------------
 
-FRAME_SCORES = {0: 9.0, 4: 7.0, 8: 5.0}  # frames=3 over 12 frames judges frames 0, 4 and 8
+FRAME_SCORES = {0: 9.0, 4: 7.0, 8: 5.0}  # max_frames=3 over 12 frames judges frames 0, 4 and 8
 
 
 def judge_by_frame(body_json: str) -> dict:
@@ -295,8 +300,9 @@ def judge_by_frame(body_json: str) -> dict:
 def test_video_frame_pairs_are_judged_and_aggregated(tmp_path, how, overall, status):
     with openai_server(default=ok_from_prompt(judge_by_frame)) as server:
         server.prompt_of = json.dumps  # hand the whole request body to the judge
-        (row,) = edit_score([triplet_row(tmp_path, "Paint the car red.")], vlm(server, tmp_path), frames=3,
-                            aggregate=how)
+        # 12.5 frames a second sampled 12.5 times a second is every frame: more than 3, so 3 spread evenly.
+        (row,) = edit_score([triplet_row(tmp_path, "Paint the car red.")], vlm(server, tmp_path), fps=CLIP_FPS,
+                            max_frames=3, aggregate=how)
         assert len(server.requests) == 3
     assert [(j["frame"], dict(j["scores"])["edit_score"], j["reasoning"]) for j in row["edit_judgements"]] == [
         (0, 9.0, "frame 0"), (4, 7.0, "frame 4"), (8, 5.0, "frame 8")]
@@ -306,7 +312,7 @@ def test_video_frame_pairs_are_judged_and_aggregated(tmp_path, how, overall, sta
 
 def test_video_prompt_says_it_is_a_frame_pair(tmp_path):
     with openai_server(default=ok(judgement(8))) as server:
-        edit_score([triplet_row(tmp_path, "Paint the car red.")], vlm(server, tmp_path), frames=2)
+        edit_score([triplet_row(tmp_path, "Paint the car red.")], vlm(server, tmp_path), max_frames=2)
         sent = prompts(server)
     assert len(sent) == 2 and all("frame of the edited video" in p for p in sent)
 
@@ -321,6 +327,127 @@ def test_two_passes_ask_twice_under_different_cache_keys_and_average(tmp_path):
         assert len(server.requests) == 2
     assert dict(first["scores"])["edit_score"] == dict(again["scores"])["edit_score"] == 7.0
     assert first["vlm_usage"]["requests"] == 2 and again["vlm_usage"]["cache_hits"] == 2
+
+
+def test_a_real_clip_is_judged_at_two_frames_a_second(tmp_path):
+    """The bundled car clip as it is (12.5 fps, 377 frames, 30.16 s), as source and as target: at
+    2 fps the judge sees the frame shown at every half second, 0.0 s to 30.0 s."""
+    path = video_path("intel-sample-videos/car-detection.mp4")
+    info = probe_video(str(path), 1 << 26, scan_packets=100_000)
+    row = edit_row(0, "triplet", path, path, "Keep the cars.", frames=info.num_frames, fps=info.fps)
+    with openai_server(default=ok(judgement(8))) as server:
+        (judged,) = edit_score([row], vlm(server, tmp_path), fps=2.0, max_frames=100)
+        assert len(server.requests) == 61  # judge=vlm: one request per frame pair
+    frames = [j["frame"] for j in judged["edit_judgements"]]
+    times = [frame / info.fps for frame in frames]
+    assert len(frames) == math.ceil(info.num_frames / info.fps * 2) == 61
+    # Each judged frame is the one on screen at its half second: shown at or before it, less than a frame before.
+    assert all(0 <= k / 2 - t < 1 / info.fps for k, t in enumerate(times))
+    assert judged["status"] == "ok"
+
+
+def test_more_frames_than_max_frames_are_spread_evenly_over_the_clip(tmp_path):
+    path = video_path("intel-sample-videos/car-detection.mp4")
+    info = probe_video(str(path), 1 << 26, scan_packets=100_000)
+    row = edit_row(0, "triplet", path, path, "Keep the cars.", frames=info.num_frames, fps=info.fps)
+    with openai_server(default=ok(judgement(8))) as server:
+        (judged,) = edit_score([row], vlm(server, tmp_path), fps=2.0, max_frames=4)
+    assert [j["frame"] for j in judged["edit_judgements"]] == [0, 94, 188, 282]  # 377 // 4 apart
+
+
+def test_a_video_without_fps_is_an_error_without_a_request(tmp_path):
+    row = triplet_row(tmp_path, "Paint the car red.")
+    row["fps"] = None
+    with openai_server(default=ok(judgement(8))) as server:
+        (judged,) = edit_score([row], vlm(server, tmp_path))
+        assert not server.requests
+    assert judged["status"] == "error" and judged["reason"].startswith("ValueError: video_fps_unknown")
+
+
+# --------------------------------------------------------------------------------------------
+# EditScore's own prompts and decoding (the installed `editscore` package)
+# --------------------------------------------------------------------------------------------
+
+EDITSCORE_SAMPLING = dict(temperature=0.7, top_p=0.9, top_k=20, max_tokens=512)
+
+
+def editscore_prompts_from_the_package() -> tuple[str, str]:
+    """EditScore's (SC, PQ) built the way `EditScore.__init__` builds them, from the installed
+    package's own `vie_prompts` module (executed alone from its file: importing the package would
+    run `editscore/__init__.py`, whose requirements are not installed)."""
+    dist = importlib.metadata.distribution("editscore")
+    spec = importlib.util.spec_from_file_location("vie_prompts_under_test", dist.locate_file("editscore/vie_prompts.py"))
+    vie = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vie)
+    score_range = 25
+    sc = "\n".join([vie._context_no_delimit_reasoning_first, vie._prompts_0shot_two_image_edit_rule,
+                    vie._prompts_0shot_tie_rule_SC.replace("10", str(score_range))])
+    pq = "\n".join([vie._context_no_delimit_reasoning_first, vie._prompts_0shot_rule_PQ.replace("10", str(score_range))])
+    return sc, pq
+
+
+def test_editscore_requests_carry_the_package_prompts_and_its_decoding(tmp_path):
+    sc_text, pq_text = editscore_prompts_from_the_package()
+    extra_body = {"chat_template_kwargs": {"enable_thinking": False}}
+    with openai_server(default=ok({"reasoning": "Fine.", "score": [20, 20]})) as server:
+        (row,) = edit_score(pair_rows(tmp_path, ["Add a red disc."]), vlm(server, tmp_path, extra_body=extra_body),
+                            judge="editscore", sampling=EDITSCORE_SAMPLING)
+        bodies = [r.body for r in server.requests]
+    assert row["status"] == "ok"
+    by_images = {sum(p["type"] == "image_url" for p in b["messages"][0]["content"]): b for b in bodies}
+    assert server.prompt_of(by_images[2]) == sc_text.replace("<instruction>", "Add a red disc.")
+    assert server.prompt_of(by_images[1]) == pq_text
+    assert "From scale 0 to 25" in pq_text and "10" not in pq_text  # the scale really is EditScore's 25
+    for body in bodies:
+        assert (body["temperature"], body["top_p"], body["top_k"], body["max_completion_tokens"]) == (0.7, 0.9, 20, 512)
+        assert body["chat_template_kwargs"] == {"enable_thinking": False}  # extra_body goes to the top level
+
+
+def test_editscore_sampling_does_not_touch_the_vlm_judge(tmp_path):
+    with openai_server(default=ok(judgement(8))) as server:
+        edit_score(pair_rows(tmp_path, ["Add a red disc."]), vlm(server, tmp_path), judge="vlm", sampling=EDITSCORE_SAMPLING)
+        (body,) = [r.body for r in server.requests]
+    assert body["temperature"] == 0.0 and "top_p" not in body and "top_k" not in body
+
+
+def test_editscore_passes_are_averaged(tmp_path):
+    """Two passes: SC always 20/25 (8), PQ 25/25 (10) once and 10/25 (4) once. Whichever pass gets
+    which PQ answer, the overall is the mean of sqrt(8 * 10) and sqrt(8 * 4) (Avg@2)."""
+    pq_answers = iter([[25, 25], [10, 10]])
+
+    def answer(prompt: str) -> dict:
+        if "image naturalness" in prompt:
+            return {"reasoning": "PQ.", "score": next(pq_answers)}
+        return {"reasoning": "SC.", "score": [20, 20]}
+
+    with openai_server(default=ok_from_prompt(answer)) as server:
+        (row,) = edit_score(pair_rows(tmp_path, ["Add a red disc."]), vlm(server, tmp_path), judge="editscore",
+                            sampling=EDITSCORE_SAMPLING, passes=2)
+        assert len(server.requests) == 4  # (SC + PQ) x 2 passes
+    scores = dict(row["scores"])
+    assert scores["edit_score"] == pytest.approx((math.sqrt(80) + math.sqrt(32)) / 2)
+    assert scores["naturalness"] == pytest.approx(7.0) and scores["edit_success"] == pytest.approx(8.0)
+
+
+def test_editscore_json_inside_prose_is_read(tmp_path):
+    answer = 'My evaluation follows.\n{\n"reasoning" : "Disc added.",\n"score" : [20, 20]\n}\nThat is all.'
+    with openai_server(default=raw_text(answer)) as server:
+        (row,) = edit_score(pair_rows(tmp_path, ["Add a red disc."]), vlm(server, tmp_path), judge="editscore")
+    assert row["status"] == "ok" and dict(row["scores"])["edit_score"] == pytest.approx(8.0)
+
+
+@pytest.mark.parametrize("answer, error", [
+    ("The edit is good, I would say 20 and 20.", "invalid_json"),  # EditScore's parser would take these numbers
+    ('{"reasoning": "Too good.", "score": [30, 20]}', "schema_mismatch"),  # EditScore would put in half the range
+    ('{"reasoning": "One number.", "score": [20]}', "schema_mismatch"),
+])
+def test_an_unparseable_editscore_answer_is_dropped_never_scored(tmp_path, answer, error):
+    with openai_server(default=raw_text(answer)) as server:
+        (row,) = edit_score(pair_rows(tmp_path, ["Add a red disc."]), vlm(server, tmp_path), judge="editscore")
+        retries = [p for p in prompts(server) if "previous answer could not be used" in p]
+    assert len(retries) == 2  # SC and PQ each asked once more, with the error
+    assert row["status"] == "dropped" and row["reason"].startswith(f"judge_unparseable: {error}")
+    assert row["scores"] is None and row["edit_judgements"] is None
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The `ground` stage end to end on real frames with tiny random Grounding DINO and SAM2: outcomes
-per turn, mask geometry, detections tied to the turn's queries, per-session errors, and a run
-through the Ray runner."""
+per turn, mask geometry, detections tied to the turn's queries, per-session errors, a run
+through the Ray runner, and SAM3 selected by `segmenter.family`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from curation.stages.ground import Ground
 from curation.stages.sample_frames import SampleFramesColumns
 
 from tests.fixtures.media import video_path
+from tests.fixtures.tiny_sam3 import build_tiny_sam3_tracker
 
 LOW = dict(box_threshold=0.05, text_threshold=0.05)  # the random detector's scores are arbitrary
 
@@ -157,6 +158,22 @@ def test_a_session_the_models_fail_on_fails_alone(stage, rows):
     out = stage(rows_to_table([bad, rows[0]], SCHEMA)).to_pylist()
     assert out[0]["status"] == "error" and out[0]["reason"].startswith("ValueError")
     assert out[1]["status"] == "ok" and out[1]["roe"][0]["outcome"] == "found"
+
+
+def test_segmenter_family_sam3_segments_the_boxes_with_sam3_tracker(tiny_cache, rows, tmp_path):
+    sam3 = build_tiny_sam3_tracker(tmp_path / "tiny-sam3-tracker")
+    # threshold far below any logit: every box's mask is its whole frame, so the union is never empty
+    ground = Ground(detector=DetectorConfig(model="tiny:grounding-dino", device="cpu", **LOW),
+                    segmenter=SegmenterConfig(family="sam3", model=str(sam3), mask_threshold=-1e9, device="cpu"))
+    ground.ensure_setup()
+    assert type(ground._segmenter.model).__name__ == "Sam3TrackerModel"
+    (car,) = ground(rows_to_table(rows[:1], SCHEMA)).to_pylist()
+    assert car["status"] == "ok", car["reason"]
+    first = car["roe"][0]
+    assert first["outcome"] == "found"
+    for key in ("src_mask", "tgt_mask"):
+        mask = decode_mask_png(first[key])
+        assert mask.shape == (car["frame_height"], car["frame_width"]) and mask.all()
 
 
 def test_models_carry_random_weights_as_data():

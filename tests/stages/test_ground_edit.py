@@ -1,6 +1,8 @@
 """The `ground_edit` stage on real photos and a short clip, with a scripted OpenAI-compatible VLM
 (real client, real HTTP) and tiny random SAM2: every box convention back to frame pixels, box and
-answer failures as drop reasons, object versus background grounding, masks and stored first frames."""
+answer failures as drop reasons, object versus background grounding, masks and stored first frames.
+The scripted model answers in Kiwi-Edit's shape (prompts v2, the default); v1 answers are read when
+the v1 prompts are selected."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from curation.core.config import build_stage
 from curation.core.schema import arrow_schema, make_sample_id, rows_to_table
@@ -22,6 +25,7 @@ from curation.sources.edit_datasets import EditSourceRow
 from curation.stages.ground_edit import GroundEdit
 
 from tests.fixtures.media import EXAMPLES
+from tests.fixtures.tiny_sam3 import build_tiny_sam3_tracker
 from tests.fixtures.vlm_servers import http_error, ok, ok_from_prompt, openai_server, raw_text
 
 SCHEMA = arrow_schema(EditSourceRow)
@@ -134,7 +138,12 @@ def ground(server, tmp_path, rows: list[dict], *overrides: str) -> list[dict]:
 
 
 def objects(*boxes: list[float], label: str = "red ball") -> dict:
-    """A GroundedObjects answer."""
+    """An editing-area answer (ground_edit_area.v2, Kiwi-Edit prompt 1): boxes in image 2."""
+    return {"image_2": [{"bbox": list(box), "label": label} for box in boxes]}
+
+
+def objects_v1(*boxes: list[float], label: str = "red ball") -> dict:
+    """The same answer as ground_edit_area.v1 asked for it."""
     return {"objects": [{"label": label, "bbox_2d": list(box)} for box in boxes]}
 
 
@@ -212,7 +221,7 @@ def test_a_box_partly_outside_the_frame_is_clipped_and_kept(server, media, tmp_p
     (objects([500, 500, 501, 501]), "degenerate_box"),  # under half a pixel wide
     (objects([400, 300, 400, 700]), "degenerate_box"),  # zero width
     (objects([1100, 200, 1300, 400]), "box_out_of_frame"),
-    ({"objects": []}, "no_box"),
+    ({"image_2": []}, "no_box"),
 ])
 def test_unusable_boxes_drop_the_sample_with_a_reason(server, media, tmp_path, answer, reason):
     row = edit_row(media, "cat")
@@ -260,25 +269,85 @@ def test_object_edits_use_the_edit_area_prompt_and_mask_the_target_only(server, 
     server.set_default(ok(objects(norm1000(BALL, width, height))))
     (out,) = ground(server, tmp_path, [row])
     prompt = server.prompt_of(server.requests[0].body)
-    assert prompt.startswith("You locate the result of an image edit") and row["instruction"] in prompt
+    assert prompt.startswith("Two images are attached. Image 1 is the source image.")
+    assert prompt.rstrip().endswith(f"Edit prompt: {row['instruction']}")
+    assert "0-1000" in prompt  # box_format: norm1000, stated in the prompt
     assert out["status"] == "ok" and out["edit_mode"] == "object"
     assert out["mask_tgt"] is not None and out["mask_src"] is None
+    (box,) = out["edit_boxes"]
+    assert box["image"] == "edited" and box["label"] == "red ball"
+    assert box["box"] == pytest.approx(list(BALL))
 
 
 def test_background_changes_use_the_foreground_prompt_and_mask_both_frames(server, media, tmp_path):
     row = edit_row(media, "rocket", category="background_change", instruction="Put the rocket on the moon.")
     width, height = frame_size(row["target_uri"])
-    rocket = norm1000((150, 40, 300, 600), width, height)
-    answer = {"objects": [{"label": "rocket", "bbox_2d": rocket, "image": "source"},
-                          {"label": "rocket", "bbox_2d": rocket, "image": "edited"}]}
+    rocket = norm1000((150, 40, 300, 400), width, height)
+    moved = norm1000((160, 50, 310, 410), width, height)  # image_2's box is read in image 2, not copied from image 1
+    answer = {"image_1": [{"bbox": rocket, "label": "rocket"}], "image_2": [{"bbox": moved, "label": "rocket"}]}
     server.set_default(ok(answer))
     (out,) = ground(server, tmp_path, [row])
     prompt = server.prompt_of(server.requests[0].body)
-    assert prompt.startswith("You locate the main subject of an image whose background was replaced")
+    assert prompt.startswith("Two images are attached: image 1 comes first and image 2 second.")
+    assert row["instruction"] not in prompt  # Kiwi-Edit's prompt 2 takes no instruction
     assert out["status"] == "ok" and out["edit_mode"] == "background"
-    assert sorted(b["image"] for b in out["edit_boxes"]) == ["edited", "source"]
+    boxes = {b["image"]: b["box"] for b in out["edit_boxes"]}
+    assert boxes["source"] == pytest.approx([150, 40, 300, 400]) and boxes["edited"] == pytest.approx([160, 50, 310, 410])
     for key in ("mask_src", "mask_tgt"):
         assert decode_mask_png(out[key]).shape == (height, width)
+
+
+def test_a_foreground_found_only_in_the_source_is_no_box(server, media, tmp_path):
+    row = edit_row(media, "rocket", category="background_change", instruction="Put the rocket on the moon.")
+    server.set_default(ok({"image_1": [{"bbox": [100, 100, 400, 900], "label": "rocket"}], "image_2": []}))
+    (out,) = ground(server, tmp_path, [row])
+    assert out["status"] == "dropped" and out["reason"].startswith("no_box: the VLM found no foreground"), out["reason"]
+    assert [b["image"] for b in out["edit_boxes"]] == ["source"]
+
+
+# ---- prompt versions -------------------------------------------------------------------------------
+
+
+def test_a_v1_shaped_answer_to_the_v2_prompt_is_asked_again_then_unparseable(server, media, tmp_path):
+    row = edit_row(media, "cat")
+    server.set_default(ok(objects_v1([200, 300, 500, 700])))
+    (out,) = ground(server, tmp_path, [row])
+    assert len(server.requests) == 2
+    assert "could not be used: schema_mismatch" in server.prompt_of(server.requests[1].body)
+    assert out["status"] == "dropped" and out["reason"].startswith("judge_unparseable: schema_mismatch"), out["reason"]
+
+
+def test_the_v1_prompts_are_selectable_and_their_answers_read(server, media, tmp_path):
+    cat, rocket = edit_row(media, "cat"), edit_row(media, "rocket", category="background_change",
+                                                       instruction="Put the rocket on the moon.")
+    width, height = frame_size(cat["target_uri"])
+    v1_foreground = {"objects": [{"label": "rocket", "bbox_2d": [100, 100, 400, 900], "image": "source"},
+                                 {"label": "rocket", "bbox_2d": [100, 100, 400, 900], "image": "edited"}]}
+    server.set_default(ok_from_prompt(lambda prompt: v1_foreground if "main subject" in prompt
+                                      else objects_v1(norm1000(BALL, width, height))))
+    stage_v1 = stage(server, tmp_path, "ground_edit.edit_area_template=ground_edit_area.v1",
+                     "ground_edit.foreground_template=ground_foreground.v1")
+    assert [t.file for t in stage_v1.templates()] == ["ground_edit_area.v1.j2", "ground_foreground.v1.j2"]
+    out = stage_v1(rows_to_table([cat, rocket], SCHEMA)).to_pylist()
+    prompts = sorted(server.prompt_of(r.body) for r in server.requests)
+    assert prompts[0].startswith("You locate the main subject") and prompts[1].startswith("You locate the result")
+    assert [o["status"] for o in out] == ["ok", "ok"], [o["reason"] for o in out]
+    assert out[0]["edit_boxes"][0]["box"] == pytest.approx(list(BALL))
+    assert sorted(b["image"] for b in out[1]["edit_boxes"]) == ["edited", "source"]
+
+
+def test_the_default_prompts_are_v2(server, tmp_path):
+    assert [t.file for t in stage(server, tmp_path).templates()] == ["ground_edit_area.v2.j2", "ground_foreground.v2.j2"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("ground_edit.edit_area_template=ground_foreground.v2", "edit_area_template must be ground_edit_area"),
+    ("ground_edit.foreground_template=ground_foreground.v9", "unknown prompt template"),
+    ("ground_edit.edit_area_template=reference_score", "edit_area_template must be ground_edit_area"),
+])
+def test_a_prompt_of_another_family_or_an_unknown_version_fails_at_build(server, tmp_path, override, message):
+    with pytest.raises(ValidationError, match=message):
+        stage(server, tmp_path, override)
 
 
 def test_an_empty_mask_drops_the_sample(server, media, tmp_path):
@@ -306,3 +375,20 @@ def test_stored_frames_are_the_first_frames_and_masks_have_their_size(server, me
             assert np.abs(frame.astype(int) - expected).mean() < 3  # JPEG q95 of the same pixels
         assert decode_mask_png(result["mask_tgt"]).shape == target.shape[:2]
     assert out[1]["tgt_frame"] != out[1]["src_frame"] and decode(out[1]["tgt_frame"]).shape[:2] == CLIP_SIZE[::-1]
+
+
+# ---- the segmenter ------------------------------------------------------------------------------
+
+
+def test_segmenter_family_sam3_refines_the_box_with_sam3_tracker(server, media, tmp_path):
+    """Kiwi-Edit §3.1 refines the grounding box with SAM3: `segmenter.family=sam3` loads Sam3TrackerModel."""
+    sam3 = build_tiny_sam3_tracker(tmp_path / "tiny-sam3-tracker")
+    row = edit_row(media, "cup", category="local_change")
+    width, height = frame_size(row["target_uri"])
+    server.set_default(ok(objects(norm1000(BALL, width, height))))
+    # threshold far below any logit: the random model's mask is the whole frame, never empty
+    (out,) = ground(server, tmp_path, [row], "ground_edit.segmenter.family=sam3", f"ground_edit.segmenter.model={sam3}",
+                    "ground_edit.segmenter.mask_threshold=-1e9")
+    assert out["status"] == "ok", out["reason"]
+    mask = decode_mask_png(out["mask_tgt"])
+    assert mask.shape == (height, width) and mask.all() and out["mask_src"] is None

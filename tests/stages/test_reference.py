@@ -1,7 +1,8 @@
 """The `reference` stage on grounded real photos (hand-made masks): composite cutouts and inpainted
 backgrounds become quads, unfit sizes and ungrounded rows are dropped or failed with a reason, the
-`api` backend turns what a loopback OpenAI images-edit endpoint returns into the reference within
-the stage's budget, and the `diffusers` backend a tiny random pipeline's edit, flagged as such."""
+`api` backend sends a loopback OpenAI images-edit endpoint the mask-built input and turns what it
+returns into the reference within the stage's budget, and the `diffusers` backend a tiny random
+pipeline's edit of the mask-built input, flagged as such."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from curation.backends.references import ReferenceInput
 from curation.backends.references.composite import background_reference, cutout_reference
+from curation.backends.references.editor_input import EditorInput
 from curation.core import media_store
 from curation.core.config import compose
 from curation.core.schema import arrow_schema, make_sample_id, rows_to_table
@@ -18,6 +21,7 @@ from curation.core.stage import ModelRef
 from curation.media.jpeg import encode_jpeg
 from curation.prompts.templates import load_template
 from curation.regions.roe import box_mask, encode_mask_png
+from curation.shards.writer import sample_members, write_tar
 from curation.sources.edit_datasets import EditSourceRow
 from curation.stages.ground_edit import GroundEditColumns
 from curation.stages.reference import Reference
@@ -120,6 +124,15 @@ def test_a_small_reference_is_dropped_as_too_small():
     assert out["reference"] is None and max(out["reference_width"], out["reference_height"]) < 128
 
 
+def test_a_reference_above_max_side_is_dropped_as_too_large():
+    row = grounded_row("chelsea.png", box_mask((10, 10, 440, 290), 300, 451))  # the cutout: 451 x 300 px
+    (out,) = run([row], max_side=400)
+    assert out["status"] == "dropped" and out["reason"] == "reference_too_large: 451 > 400", out["reason"]
+    assert out["reference"] is None and (out["reference_width"], out["reference_height"]) == (451, 300)
+    (kept,) = run([row], max_side=None)
+    assert kept["status"] == "ok", kept["reason"]
+
+
 def test_a_row_without_a_mask_is_an_error_and_does_not_stop_the_batch(cat):
     ungrounded = grounded_row("coffee.png", None)
     out = run([ungrounded, cat])
@@ -150,10 +163,13 @@ def test_api_the_returned_image_becomes_the_reference(cat, tmp_path):
     with openai_server(default=image_ok()) as server:  # the "edit" inverts the image
         (out,) = run([cat], backend="api", api=api(server, tmp_path))
         (sent,) = server.requests
-    assert sent.path == "/v1/images/edits" and server.image_of(sent.body) == cat["tgt_frame"]
-    assert "Extract the cat" in server.prompt_of(sent.body)  # the grounded label names the object
+    assert sent.path == "/v1/images/edits"
+    uploaded = server.image_of(sent.body)  # the editor is shown the mask cutout, not the frame
+    cutout = cutout_reference(decode(cat["tgt_frame"]), ellipse_mask(300, 451, (240, 120), (110, 80)), margin=0.05)
+    assert uploaded[:8] == b"\x89PNG\r\n\x1a\n" and np.array_equal(decode(uploaded), cutout)
+    assert "shows a cat cut out" in server.prompt_of(sent.body)  # the grounded label names the object
     assert out["status"] == "ok" and out["kind"] == "quad", out["reason"]
-    assert np.array_equal(decode(out["reference"]), decode(invert_image(cat["tgt_frame"])))
+    assert np.array_equal(decode(out["reference"]), decode(invert_image(uploaded)))
     assert out["reference_backend"] == "api:openai:editor"
     usage = out["reference_usage"]
     assert (usage["requests"], usage["prompt_tokens"], usage["completion_tokens"]) == (1, 10, 5)
@@ -199,21 +215,78 @@ PIX2PIX = dict(model="tiny:instruct-pix2pix", steps=2, device="cpu", guidance_sc
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers")
-def test_diffusers_the_pipeline_s_edit_becomes_the_reference_flagged_random():
+def test_diffusers_the_pipeline_edits_the_mask_cutout_and_is_flagged_random(cat):
+    """Object mode: the pipeline is given the cat's mask cutout (cropped to its box plus the margin,
+    white outside the mask), so the reference is its edit, at the cutout's size, not the frame's."""
     pytest.importorskip("diffusers")
     from curation.backends.diffusers_edit import DiffusersEditConfig, DiffusersEditor
 
-    small = cv2.resize(photo("chelsea.png"), (100, 70), interpolation=cv2.INTER_AREA)
-    mask = ellipse_mask(70, 100, (50, 30), (25, 18))
-    row = dict(grounded_row("chelsea.png", mask), tgt_frame=encode_jpeg(small, 95))
-    reference = stage(backend="diffusers", diffusers=PIX2PIX, min_side=16)
+    reference = stage(backend="diffusers", diffusers=PIX2PIX)
     assert reference.models() == {"reference": ModelRef(id="diffusers:tiny:instruct-pix2pix", random_weights=True)}
-    (out,) = reference(rows_to_table([row], SCHEMA)).to_pylist()
+    (out,) = reference(rows_to_table([cat], SCHEMA)).to_pylist()
     assert out["status"] == "ok" and out["kind"] == "quad", out["reason"]
     assert out["reference_backend"] == "diffusers:tiny:instruct-pix2pix (RANDOM WEIGHTS)" and out["reference_usage"] is None
+    frame, mask = decode(cat["tgt_frame"]), ellipse_mask(300, 451, (240, 120), (110, 80))
+    cutout = cutout_reference(frame, mask, background=(255, 255, 255), margin=0.05)
+    assert cutout.shape[:2] != frame.shape[:2]
+    assert (out["reference_height"], out["reference_width"]) == cutout.shape[:2]
     prompt = load_template("reference_edit").render(mode="object", label="cat", background="white")
-    (expected,) = DiffusersEditor(DiffusersEditConfig(**PIX2PIX)).edit([decode(row["tgt_frame"])], [prompt])
+    (expected,) = DiffusersEditor(DiffusersEditConfig(**PIX2PIX)).edit([cutout], [prompt])
     assert np.array_equal(decode(out["reference"]), expected)  # PNG: lossless
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:diffusers")
+def test_diffusers_background_mode_edits_the_frame_with_the_foreground_blanked():
+    pytest.importorskip("diffusers")
+    from curation.backends.diffusers_edit import DiffusersEditConfig, DiffusersEditor
+
+    small = cv2.resize(photo("coffee.png"), (150, 100), interpolation=cv2.INTER_AREA)
+    mask = box_mask((45, 25, 108, 83), 100, 150)  # the cup
+    row = dict(grounded_row("coffee.png", mask, mode="background", label="cup"), tgt_frame=encode_jpeg(small, 95))
+    (out,) = run([row], backend="diffusers", diffusers=PIX2PIX, min_side=16, background="gray")
+    assert out["status"] == "ok" and out["kind"] == "quad", out["reason"]
+    frame = decode(row["tgt_frame"])
+    shown = EditorInput(background=(128, 128, 128), margin=0.05, dilate_px=7).image(
+        ReferenceInput(frame=frame, mask=mask, mode="background"))
+    assert (shown[mask] == 128).all() and np.array_equal(shown[:10], frame[:10])  # the cup blanked, the rest as is
+    prompt = load_template("reference_edit").render(mode="background", label="cup", background="gray")
+    (expected,) = DiffusersEditor(DiffusersEditConfig(**PIX2PIX)).edit([shown], [prompt])
+    assert np.array_equal(decode(out["reference"]), expected)
+    (unblanked,) = DiffusersEditor(DiffusersEditConfig(**PIX2PIX)).edit([frame], [prompt])
+    assert not np.array_equal(expected, unblanked)  # what the pipeline was given shows in what it made
+
+
+# ---- the shard json ----------------------------------------------------------------------------
+
+
+def shard_json(quad: dict, tmp_path) -> dict:
+    """The `json` member of `quad` as a written shard holds it, read back with webdataset."""
+    import webdataset as wds
+
+    height, width = decode(quad["tgt_frame"]).shape[:2]  # the sizes ingest records (source and target are one photo here)
+    quad = dict(quad, width=width, height=height, target_width=width, target_height=height)
+    tar = str(tmp_path / "train-000000.tar")
+    write_tar(tar, [(quad["sample_id"], sample_members(quad))])
+    (sample,) = list(wds.WebDataset(tar, shardshuffle=False).decode())
+    assert sample["__key__"] == quad["sample_id"] and "ref.png" in sample
+    return sample["json"]
+
+
+def test_a_composite_quad_is_marked_a_cutout_in_the_shard_json(cat, tmp_path):
+    """Its reference is the target's own pixels: a trainer must be able to tell, since a model can learn to copy it."""
+    obj, background = run([cat, grounded_row("coffee.png", box_mask((180, 100, 430, 330), 400, 600), mode="background")])
+    for quad in (obj, background):
+        assert quad["status"] == "ok" and quad["reference_is_cutout"] is True, quad["reason"]
+        (tmp_path / quad["edit_mode"]).mkdir()
+        meta = shard_json(quad, tmp_path / quad["edit_mode"])
+        assert meta["kind"] == "quad" and meta["reference_is_cutout"] is True and meta["reference_backend"] == "composite"
+
+
+def test_an_editor_s_quad_is_not_marked_a_cutout(cat, tmp_path):
+    with openai_server(default=image_ok()) as server:
+        (quad,) = run([cat], backend="api", api=api(server, tmp_path))
+    assert quad["status"] == "ok", quad["reason"]
+    assert shard_json(quad, tmp_path)["reference_is_cutout"] is False
 
 
 def test_models_name_the_backend_as_run_json_records_it(tmp_path):

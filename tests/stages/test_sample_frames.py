@@ -1,5 +1,6 @@
 """SampleFrames on clips of test videos: the right frames (checked against a sequential decode),
-2-6 per session, VFR-true times, reproducible choices, and short clips dropped with a reason."""
+2-6 per count session and up to 20 per interval session, cut to the border crop, VFR-true times,
+reproducible choices, and short clips dropped with a reason."""
 
 from __future__ import annotations
 
@@ -160,6 +161,51 @@ def test_choices_are_reproducible_and_cover_the_range():
     assert [reseeded.choose(times, reseeded.rng(sid)) for sid in picks] != list(picks.values())
 
 
-def test_min_frames_above_max_frames_is_a_config_error():
-    with pytest.raises(ValidationError, match="min_frames=5 > max_frames=3"):
-        build_stage("sample_frames", overrides=["sample_frames.min_frames=5", "sample_frames.max_frames=3"])
+def test_count_min_above_count_max_is_a_config_error():
+    with pytest.raises(ValidationError, match="count_min_frames=5 > count_max_frames=3"):
+        build_stage("sample_frames", overrides=["sample_frames.count_min_frames=5", "sample_frames.count_max_frames=3"])
+
+
+def test_the_old_shared_cap_fails_and_names_the_new_keys():
+    """Version 1's one `max_frames` capped both strategies; an old config must not silently mean one of them."""
+    options = {k: v for k, v in build_stage("sample_frames").model_dump().items()}
+    with pytest.raises(ValidationError, match="max_frames was split: set count_min_frames/count_max_frames"):
+        type(build_stage("sample_frames"))(**options, max_frames=6)
+
+
+def test_interval_and_count_caps_are_separate():
+    """VINCIE: count sampling 2-6 frames (§3.1); interval sampling every 3 s reaches 20-image sessions (§4.1)."""
+    sampler = stage("sample_frames.mode=interval")
+    times = np.arange(90 * 30 + 1) / 30.0  # a 90 s shot
+    strategy, offsets = sampler.choose(times, sampler.rng("long-shot"))
+    assert strategy == "interval" and len(offsets) == 20
+    assert np.allclose(np.diff(times[offsets]), 3.0)
+    counting = stage("sample_frames.mode=count")
+    counts = {len(counting.choose(times, counting.rng(f"clip-{i}"))[1]) for i in range(100)}
+    assert counts == {2, 3, 4, 5, 6}
+    capped = stage("sample_frames.mode=interval", "sample_frames.interval_max_frames=7")
+    assert len(capped.choose(times, capped.rng("long-shot"))[1]) == 7
+
+
+def test_frames_are_cut_to_the_border_crop_and_turns_carry_the_homography_camera(vfr):
+    clip = {**vfr.clip(47, 114), "crop_box": [16, 24, 496, 264], "camera_motion": "pan-left",
+            "camera_motion_raw": "pan-left"}
+    schema = table([]).schema.append(pa.field("crop_box", pa.list_(pa.int64())))
+    schema = schema.append(pa.field("camera_motion", pa.string())).append(pa.field("camera_motion_raw", pa.string()))
+    (row,) = stage("sample_frames.mode=count")(rows_to_table([clip], schema)).to_pylist()
+    assert row["status"] == "ok" and row["frame_crop_box"] == [16, 24, 496, 264]
+    assert (row["frame_width"], row["frame_height"]) == (480, 240)
+    for data, index in zip(row["frames"], row["frame_indices"]):
+        expected = vfr.frames[index][24:264, 16:496]
+        assert np.abs(decode_jpeg(data).astype(np.int16) - expected.astype(np.int16)).mean() < 2.5
+    assert [t["index"] for t in row["turns"]] == list(range(len(row["frames"]) - 1))
+    assert {(t["camera"], t["camera_raw"], t["annotation"]) for t in row["turns"]} == {("pan-left", "homography: pan-left", None)}
+
+    (whole,) = stage("sample_frames.mode=count", "sample_frames.apply_crop=false")(rows_to_table([clip], schema)).to_pylist()
+    assert whole["frame_crop_box"] is None and (whole["frame_width"], whole["frame_height"]) == (512, 288)
+    (plain,) = stage("sample_frames.mode=count")(table([vfr.clip(47, 114)])).to_pylist()
+    assert plain["frame_crop_box"] is None and plain["turns"] is None  # no filter_quality: nothing to apply or label
+
+    bad = {**clip, "crop_box": [0, 0, 600, 288]}
+    (row,) = stage("sample_frames.mode=count")(rows_to_table([bad], schema)).to_pylist()
+    assert row["status"] == "error" and row["reason"].startswith("bad_crop_box:")

@@ -1,23 +1,34 @@
 """The `api` synthesizer: an image-editing API (OpenAI images edit or Gemini image output) is sent
-the stored target frame with the edit instruction, through `image_edit`'s editors, so the
+the grounded region of the target frame (`editor_input`: the object's cutout, or the frame with the
+foreground blanked) as a PNG with the edit instruction, through `image_edit`'s editors, so the
 response cache, retries, rate limits and the stage's spend budget apply to every call."""
 
 from __future__ import annotations
 
 from curation.backends.budget import Budget
-from curation.backends.image_edit import BAD_OUTPUT, ImageEditConfig, ImageEditor, ImageEditRequest, make_image_editor
+from curation.backends.image_edit import (
+    BAD_OUTPUT,
+    ImageEditConfig,
+    ImageEditor,
+    ImageEditReply,
+    ImageEditRequest,
+    make_image_editor,
+)
 from curation.backends.models import model_ref
 from curation.backends.references.base import ReferenceInput, ReferenceSynthesizer, Synthesized
+from curation.backends.references.composite import encode_reference_png
+from curation.backends.references.editor_input import EditorInput
 from curation.backends.usage import VLMError
-from curation.core.stage import ModelRef, StageError
+from curation.core.stage import ModelRef, StageError, failure_reason
 from curation.media.jpeg import decode_image
 
 
 class ApiSynthesizer(ReferenceSynthesizer):
     name = "api"
 
-    def __init__(self, cfg: ImageEditConfig, budget: Budget | None = None):
+    def __init__(self, cfg: ImageEditConfig, editor_input: EditorInput, budget: Budget | None = None):
         self.cfg = cfg
+        self.editor_input = editor_input
         self.budget = budget  # shared by every worker of the stage (a ledger), or None: no cap
         self._editor: ImageEditor | None = None
 
@@ -32,18 +43,27 @@ class ApiSynthesizer(ReferenceSynthesizer):
     def synthesize(self, items: list[ReferenceInput]) -> list[Synthesized]:
         if self._editor is None:
             raise RuntimeError("ApiSynthesizer.synthesize before open()")
-        replies = self._editor.edit_many(
-            [ImageEditRequest(prompt=item.prompt, image=item.frame_file, cache_salt=item.cache_salt) for item in items])
-        out = []
-        for reply in replies:
-            if isinstance(reply, VLMError):
-                out.append(Synthesized(reason=reply.reason, usage=reply.usage))
+        out: dict[int, Synthesized] = {}
+        requests: dict[int, ImageEditRequest] = {}
+        for i, item in enumerate(items):
+            try:  # PNG: the plain area stays exactly one colour, with no JPEG ringing for the editor to copy
+                image = encode_reference_png(self.editor_input.image(item))
+            except Exception as e:  # noqa: BLE001 - one bad sample must not fail its batch
+                out[i] = Synthesized(reason=failure_reason(e))
                 continue
-            try:
-                out.append(Synthesized(image=decode_image(reply.image), usage=reply.usage))
-            except StageError:
-                out.append(Synthesized(reason=f"{BAD_OUTPUT}: the API's image does not decode", usage=reply.usage))
-        return out
+            requests[i] = ImageEditRequest(prompt=item.prompt or "", image=image, cache_salt=item.cache_salt)
+        for i, reply in zip(requests, self._editor.edit_many(list(requests.values())), strict=True):
+            out[i] = self._result(reply)
+        return [out[i] for i in range(len(items))]
+
+    @staticmethod
+    def _result(reply: ImageEditReply | VLMError) -> Synthesized:
+        if isinstance(reply, VLMError):
+            return Synthesized(reason=reply.reason, usage=reply.usage)
+        try:
+            return Synthesized(image=decode_image(reply.image), usage=reply.usage)
+        except StageError:
+            return Synthesized(reason=f"{BAD_OUTPUT}: the API's image does not decode", usage=reply.usage)
 
     def close(self) -> None:
         if self._editor is not None:

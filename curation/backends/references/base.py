@@ -22,7 +22,6 @@ class ReferenceInput:
     """One sample's material, as `ground_edit` left it."""
 
     frame: np.ndarray  # (H, W, 3) uint8 RGB: the target's first frame
-    frame_file: bytes  # that frame as stored (JPEG): what an API is sent, byte for byte
     mask: np.ndarray  # (H, W) bool: the edited object (object mode) or the foreground to remove (background mode)
     mode: str  # object | background
     prompt: str | None = None  # the edit instruction, for synthesizers that take one (`takes_prompt`)
@@ -48,6 +47,9 @@ class ReferenceSynthesizer(ABC):
     name: ClassVar[str]
     # Whether it reads `ReferenceInput.prompt`: a model is instructed, the composite maths is not.
     takes_prompt: ClassVar[bool] = True
+    # Whether its references are the target frame's own pixels (a cutout, or the frame with a hole
+    # filled): a trainer can learn to copy the target from them, so the shard json says so.
+    copies_target_pixels: ClassVar[bool] = False
 
     def open(self) -> None:  # noqa: B027 - optional: composite has nothing to load
         """Load the model / create clients, once per worker (a stage's `setup`)."""

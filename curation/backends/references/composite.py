@@ -63,12 +63,18 @@ def parse_background(value: str) -> RGB:
     return rgb  # type: ignore[return-value]
 
 
-def reference_problem(width: int, height: int, max_aspect: float = 3.0, min_side: int = 128) -> str | None:
+def reference_problem(
+    width: int, height: int, max_aspect: float = 3.0, min_side: int = 128, max_side: int | None = 2048,
+) -> str | None:
     """Why a reference of this size is unfit for training (a stable drop reason), or None.
-    Slivers and thumbnails say little about the object and bucket badly in the trainer."""
+    Slivers and thumbnails say little about the object and bucket badly in the trainer; a
+    reference far above the trainer's resolution is only downscaled there, at a large cost in
+    shard bytes (`max_side`: longer side; None: no upper bound)."""
     short, long = min(width, height), max(width, height)
     if short < min_side:
         return f"reference_too_small: {short} < {min_side}"
+    if max_side is not None and long > max_side:
+        return f"reference_too_large: {long} > {max_side}"
     if long / short > max_aspect:
         return f"reference_aspect: {long / short:.2f} > {max_aspect:g}"
     return None
@@ -188,6 +194,7 @@ class CompositeSynthesizer(ReferenceSynthesizer):
 
     name = "composite"
     takes_prompt = False
+    copies_target_pixels = True  # object: the target's pixels inside the mask; background: all but the hole
 
     def __init__(self, background: RGB, margin: float, inpaint: Literal["telea", "ns"], inpaint_radius: int, dilate_px: int):
         self.background = background

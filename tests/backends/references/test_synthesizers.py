@@ -1,8 +1,8 @@
 """The three reference synthesizers through the one factory, on real photos: composite returns
 exactly the composite maths' pixels, diffusers exactly what its pipeline returns for the same
-frames and prompts, api exactly what a loopback images-edit endpoint returns, with its usage and
-under a spend budget. Each names itself as the `reference_backend` column and `_run.json` always
-have, and none raises for one bad sample."""
+mask-built inputs and prompts, api exactly what a loopback images-edit endpoint returns for the
+mask-built input it was sent, with its usage and under a spend budget. Each names itself as the
+`reference_backend` column and `_run.json` always have, and none raises for one bad sample."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from curation.backends.budget import Budget
 from curation.backends.references import ReferenceInput, SynthesisConfig, Synthesized, make_synthesizer
 from curation.backends.references.composite import background_reference, cutout_reference
+from curation.backends.references.editor_input import EditorInput
 from curation.backends.usage import VLMUsage
 from curation.core.stage import ModelRef
 from curation.media.jpeg import encode_jpeg
@@ -43,9 +44,8 @@ def decode(data: bytes) -> np.ndarray:
 
 
 def item(frame: np.ndarray, mask: np.ndarray, mode: str = "object", prompt: str | None = "Extract the cat.") -> ReferenceInput:
-    """The frame as the stage hands it over: decoded from the stored JPEG, and that JPEG."""
-    stored = encode_jpeg(frame, 95)
-    return ReferenceInput(frame=decode(stored), frame_file=stored, mask=mask, mode=mode, prompt=prompt, cache_salt="template-hash")
+    """The frame as the stage hands it over: decoded from the stored JPEG."""
+    return ReferenceInput(frame=decode(encode_jpeg(frame, 95)), mask=mask, mode=mode, prompt=prompt, cache_salt="template-hash")
 
 
 def synthesizer(budget: Budget | None = None, **fields):
@@ -82,7 +82,7 @@ def test_composite_names_no_model_and_takes_no_prompt():
 
 def test_composite_failure_is_that_sample_s_reason(cat_and_cup):
     good = cat_and_cup[0]
-    bad = ReferenceInput(frame=good.frame, frame_file=good.frame_file, mask=good.mask[:-1], mode="object")
+    bad = ReferenceInput(frame=good.frame, mask=good.mask[:-1], mode="object")
     first, second = synthesizer().synthesize([bad, good])
     assert first.image is None and first.reason.startswith("ValueError: mask of shape"), first.reason
     assert second.reason is None and second.image is not None
@@ -96,31 +96,37 @@ def test_diffusers_returns_its_pipeline_s_edits_and_is_flagged_random():
     from curation.backends.diffusers_edit import DiffusersEditConfig, DiffusersEditor
 
     cat, coffee = photo("skimage/chelsea.png", (100, 70)), photo("skimage/coffee.png", (90, 50))
-    items = [item(cat, np.ones((70, 100), bool), prompt="make the cat blue"),
-             item(coffee, np.ones((50, 90), bool), mode="background", prompt="remove the cup")]
+    items = [item(cat, box_mask((20, 10, 80, 60), 70, 100), prompt="make the cat blue"),
+             item(coffee, box_mask((30, 10, 60, 40), 50, 90), mode="background", prompt="remove the cup")]
     synth = synthesizer(backend="diffusers", diffusers=PIX2PIX)
     with pytest.raises(RuntimeError, match="before open"):  # building it loaded nothing
         synth.synthesize(items)
     synth.open()
     made = synth.synthesize(items)
-    direct = DiffusersEditor(DiffusersEditConfig(**PIX2PIX)).edit([i.frame for i in items], [i.prompt for i in items])
-    for result, expected in zip(made, direct, strict=True):
+    shown = EditorInput(background=(255, 255, 255), margin=0.05, dilate_px=7)  # COMPOSITE's settings
+    inputs = [shown.image(i) for i in items]
+    assert inputs[0].shape == cutout_reference(items[0].frame, items[0].mask).shape != items[0].frame.shape  # the crop
+    direct = DiffusersEditor(DiffusersEditConfig(**PIX2PIX)).edit(inputs, [i.prompt for i in items])
+    for result, expected, given in zip(made, direct, inputs, strict=True):
         assert result.reason is None and result.usage is None
+        assert result.image.shape == given.shape  # the editor's output comes back at its input's size
         np.testing.assert_array_equal(result.image, expected)
     assert synth.model() == ModelRef(id="diffusers:tiny:instruct-pix2pix", random_weights=True)
     assert synth.describe() == "diffusers:tiny:instruct-pix2pix (RANDOM WEIGHTS)"
 
 
-def test_diffusers_failure_fails_every_sample_of_the_batch():
+def test_diffusers_a_sample_whose_input_cannot_be_built_fails_alone():
     pytest.importorskip("diffusers")
     synth = synthesizer(backend="diffusers", diffusers=PIX2PIX)
     synth.open()
     frame = photo("skimage/chelsea.png", (100, 70))
     good = item(frame, np.ones((70, 100), bool), prompt="a")
-    unreadable = ReferenceInput(frame=frame.astype(np.float32), frame_file=good.frame_file, mask=good.mask, mode="object", prompt="b")
-    made = synth.synthesize([good, unreadable])
-    assert [r.image for r in made] == [None, None]
-    assert made[0].reason == made[1].reason and made[0].reason.startswith("ValueError: image 1: expected"), made[0].reason
+    unreadable = ReferenceInput(frame=frame.astype(np.float32), mask=good.mask, mode="object", prompt="b")
+    empty = ReferenceInput(frame=frame, mask=np.zeros((70, 100), bool), mode="background", prompt="c")
+    made = synth.synthesize([good, unreadable, empty])
+    assert made[0].reason is None and made[0].image.shape == frame.shape
+    assert made[1].image is None and made[1].reason.startswith("ValueError: expected an (H, W, 3) uint8"), made[1].reason
+    assert made[2].image is None and made[2].reason.startswith("ValueError: empty mask"), made[2].reason
 
 
 # ---- api ---------------------------------------------------------------------------------------
@@ -138,10 +144,27 @@ def test_api_returns_the_edited_image_with_its_usage(cat_and_cup, tmp_path):
         (made,) = synth.synthesize(cat_and_cup[:1])
         synth.close()
         (sent,) = server.requests
-    assert server.image_of(sent.body) == cat_and_cup[0].frame_file and server.prompt_of(sent.body) == "Extract the cat."
-    assert made.reason is None and np.array_equal(made.image, decode(invert_image(cat_and_cup[0].frame_file)))
+    uploaded = server.image_of(sent.body)
+    cutout = cutout_reference(cat_and_cup[0].frame, cat_and_cup[0].mask, background=(255, 255, 255), margin=0.05)
+    assert uploaded[:8] == b"\x89PNG\r\n\x1a\n" and np.array_equal(decode(uploaded), cutout)  # the mask cutout, lossless
+    assert server.prompt_of(sent.body) == "Extract the cat."
+    assert made.reason is None and np.array_equal(made.image, decode(invert_image(uploaded)))
     assert made.usage.model_dump() == VLMUsage(requests=1, prompt_tokens=10, completion_tokens=5, usd=0.04).model_dump()
     assert synth.model() == ModelRef(id="api:openai:editor") and synth.describe() == "api:openai:editor"
+
+
+def test_api_background_mode_uploads_the_frame_with_its_foreground_blanked(cat_and_cup, tmp_path):
+    cup = cat_and_cup[1]
+    with openai_server(default=image_ok()) as server:
+        synth = synthesizer(backend="api", api=api(server, tmp_path), background="gray", dilate_px=3)
+        synth.open()
+        (made,) = synth.synthesize([cup])
+        synth.close()
+        uploaded = decode(server.image_of(server.requests[0].body))
+    assert made.reason is None and uploaded.shape == cup.frame.shape
+    assert (uploaded[cup.mask] == 128).all()  # the cup, painted plain gray
+    far = ~cv2.dilate(cup.mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)  # beyond the 3 px growth
+    assert np.array_equal(uploaded[far], cup.frame[far])  # the scene around it untouched
 
 
 def test_api_failures_keep_their_reason_and_usage(cat_and_cup, tmp_path):
