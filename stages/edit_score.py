@@ -185,8 +185,9 @@ class EditScore(VLMStage):
         salt = f"{template.hash}:pass{pass_index}" if self.passes > 1 else template.hash
         # EditScore's models answer with JSON they were trained to write, which may come with text
         # around it: take the object out (its parser's first step; none of its fallbacks).
+        editscore = self.judge == "editscore"
         return VLMRequest(prompt=text, images=images, schema=template.schema, cache_salt=salt,
-                          json_in_text=self.judge == "editscore")
+                          json_in_text=editscore, images_first=editscore)
 
     def _judged_row(self, row: dict[str, Any], pairs: list[tuple[int, bytes, bytes]], questions: list[tuple[int, int, int, int]],
                     replies: list[Any], usage: VLMUsage) -> dict[str, Any]:

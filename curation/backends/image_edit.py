@@ -145,7 +145,7 @@ class OpenAIImageEditor(ImageEditor, OpenAIVLM):
         await super()._open()
         _ = self._client.images  # import the resource module now, not inside the first request
 
-    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel]) -> Completion:
+    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:
         (image,) = images
         mime = image_mime(image)
         options: dict[str, Any] = {"size": self.cfg.size} if self.cfg.size else {}
@@ -166,7 +166,7 @@ class GeminiImageEditor(ImageEditor, GeminiVLM):
     """`generateContent` with the source image inline and image output enabled; the answer is the
     first non-thought inline image part. Errors are classified by `GeminiVLM._classify`."""
 
-    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel]) -> Completion:
+    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:
         from google.genai import types
 
         (image,) = images

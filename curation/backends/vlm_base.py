@@ -96,13 +96,16 @@ class VLMConfig(TransportConfig):
 @dataclass
 class VLMRequest:
     prompt: str
-    images: list[bytes]  # encoded JPEG/PNG, attached in order after the prompt
+    images: list[bytes]  # encoded JPEG/PNG, attached in order after the prompt (before it: images_first)
     schema: type[BaseModel]  # the output model; its JSON schema constrains the output
     cache_salt: str = ""  # e.g. the prompt template's hash; part of the cache key
     # Take the JSON object out of surrounding text (first "{" to last "}"), as EditScore's own
     # parser does: its judges were trained to answer with JSON, not constrained to it. Off: the
     # whole text must be the JSON (guided decoding makes it so).
     json_in_text: bool = False
+    # Send the images before the prompt text. EditScore's judges were trained on messages that
+    # hold the images first (its `prepare_input`); our prompts otherwise lead with the text.
+    images_first: bool = False
 
 
 @dataclass
@@ -302,7 +305,7 @@ class VLMBackend(ABC):
         """Create clients / load the model, on the loop. May raise VLMError (e.g. vlm_auth)."""
 
     @abstractmethod
-    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel]) -> Completion:
+    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:
         """One attempt. Raise EmptyResponse when a response carried no answer; let transport and
         HTTP errors propagate for `_classify`."""
 
@@ -478,7 +481,8 @@ class VLMBackend(ABC):
             key = cache_key(
                 backend=self.backend, model=cfg.model, base_url=cfg.base_url, prompt=req.prompt,
                 images=req.images, schema=json_schema_of(req.schema), temperature=temperature,
-                max_tokens=max_tokens, image_max_side=cfg.image_max_side, salt=req.cache_salt,
+                max_tokens=max_tokens, image_max_side=cfg.image_max_side,
+                salt=req.cache_salt + ("|images_first" if req.images_first else ""),
                 options=self._sampling_options(),
             )
             entry = await asyncio.to_thread(self.cache.get, key)
@@ -505,7 +509,7 @@ class VLMBackend(ABC):
                 await limiter.acquire(estimate)
                 usage.requests += 1
                 try:
-                    call = self._call(req.prompt, images, req.schema)
+                    call = self._call(req.prompt, images, req.schema, images_first=req.images_first)
                     done = await (asyncio.wait_for(call, timeout) if timeout else call)
                 except Exception as exc:  # noqa: BLE001 - classified below
                     failure = self._failure(exc)

@@ -56,10 +56,11 @@ class GeminiVLM(VLMBackend):
     async def _aclose(self) -> None:
         await self._client.aio.aclose()
 
-    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel]) -> Completion:
+    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:
         from google.genai import types
 
-        contents: list = [prompt, *(types.Part.from_bytes(data=img, mime_type=image_mime(img)) for img in images)]
+        parts = [types.Part.from_bytes(data=img, mime_type=image_mime(img)) for img in images]
+        contents: list = [*parts, prompt] if images_first else [prompt, *parts]
         config = types.GenerateContentConfig(
             response_mime_type="application/json",
             response_json_schema=json_schema_of(schema),

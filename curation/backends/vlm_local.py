@@ -128,11 +128,11 @@ class LocalVLM(VLMBackend):
             torch.cuda.empty_cache()
 
     # ---- batching -------------------------------------------------------------------------------
-    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel]) -> Completion:
+    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:
         # Decode here, per request, so one undecodable image fails its request, not its batch.
         pil_images = await asyncio.to_thread(_decode_images, images)
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(((prompt, pil_images, schema), future))
+        await self._queue.put(((prompt, pil_images, schema, images_first), future))
         return await future
 
     async def _batcher(self) -> None:
@@ -164,14 +164,15 @@ class LocalVLM(VLMBackend):
                 if not future.done():
                     future.set_result(result)
 
-    def _generate(self, items: list[tuple[str, list[Any], type[BaseModel]]]) -> list[Completion]:
+    def _generate(self, items: list[tuple[str, list[Any], type[BaseModel], bool]]) -> list[Completion]:
         """One batched, grammar-constrained generate() (runs in a worker thread)."""
         import torch
         from xgrammar.contrib.hf import LogitsProcessor
 
         texts, images = [], []
-        for prompt, imgs, _ in items:
-            content = [{"type": "text", "text": prompt}] + [{"type": "image"} for _ in imgs]
+        for prompt, imgs, _, images_first in items:
+            text, pictures = [{"type": "text", "text": prompt}], [{"type": "image"} for _ in imgs]
+            content = pictures + text if images_first else text + pictures
             texts.append(self._processor.apply_chat_template(
                 [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False))
             images.extend(imgs)
@@ -185,7 +186,7 @@ class LocalVLM(VLMBackend):
             if self.cfg.temperature > 0
             else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         )
-        grammar = LogitsProcessor([self._grammars.get(schema) for _, _, schema in items])
+        grammar = LogitsProcessor([self._grammars.get(schema) for _, _, schema, _ in items])
         with torch.inference_mode():
             out = self._model.generate(**inputs, max_new_tokens=self.cfg.max_tokens,
                                        logits_processor=[grammar], **sampling)

@@ -51,17 +51,20 @@ def _body_head(model: str, schema: type[BaseModel], temperature: float, max_toke
 
 
 def chat_body(model: str, prompt: str, images: list[bytes], schema: type[BaseModel], temperature: float,
-              max_tokens: int, options: dict[str, Any] | None = None) -> bytes:
+              max_tokens: int, options: dict[str, Any] | None = None, images_first: bool = False) -> bytes:
     """The chat-completions request body, JSON bytes: one user message, the prompt then each image
-    as a base64 data URL; `options` are top_p, top_k and extra_body (`VLMConfig.sampling_options`).
+    as a base64 data URL (the images first with `images_first`); `options` are top_p, top_k and
+    extra_body (`VLMConfig.sampling_options`).
     Built here rather than by the SDK's `create`, which walks every message
     through its TypedDict transform and JSON-encodes the whole body again: with two 1024 px frames
     (~430 KB of base64) that was a third of the client's CPU per request. Base64 needs no JSON
     escaping, so the image parts are joined in as bytes."""
-    parts = [json.dumps({"type": "text", "text": prompt}, separators=(",", ":")).encode()]
+    text = json.dumps({"type": "text", "text": prompt}, separators=(",", ":")).encode()
+    parts = []
     for img in images:
         url = b"data:" + image_mime(img).encode() + b";base64," + base64.b64encode(img)
         parts.append(b'{"type":"image_url","image_url":{"url":"' + url + b'"}}')
+    parts = [*parts, text] if images_first else [text, *parts]
     head = _body_head(model, schema, temperature, max_tokens, json.dumps(options or {}, sort_keys=True))
     return b"".join([head, b',"messages":[{"role":"user","content":[', b",".join(parts), b"]}]}"])
 
@@ -88,15 +91,16 @@ class OpenAIVLM(VLMBackend):
     async def _aclose(self) -> None:
         await self._client.close()
 
-    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel]) -> Completion:
-        return await self._complete(self._client, prompt, images, schema)
+    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:
+        return await self._complete(self._client, prompt, images, schema, images_first)
 
-    async def _complete(self, client: Any, prompt: str, images: list[bytes], schema: type[BaseModel]) -> Completion:
+    async def _complete(self, client: Any, prompt: str, images: list[bytes], schema: type[BaseModel],
+                        images_first: bool = False) -> Completion:
         """One chat completion through `client` (a subclass may spread calls over several)."""
         from openai.types.chat import ChatCompletion
 
         body = chat_body(self.cfg.model, prompt, images, schema, self.cfg.temperature, self.cfg.max_tokens,
-                         self.cfg.sampling_options())
+                         self.cfg.sampling_options(), images_first)
         response = await client.post("/chat/completions", cast_to=ChatCompletion, content=body)
         usage = response.usage
         prompt_tokens = (usage.prompt_tokens or 0) if usage else 0

@@ -72,13 +72,13 @@ class VLLMVLM(OpenAIVLM):
         """Answers per server URL from this worker (tests, logs)."""
         return {e.url: e.answered for e in self._endpoints}
 
-    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel]) -> Completion:
+    async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:
         import openai
 
         endpoint = await self._pick()
         endpoint.in_flight += 1
         try:
-            done = await asyncio.wait_for(self._complete(endpoint.client, prompt, images, schema), self.cfg.timeout_s + 5.0)
+            done = await asyncio.wait_for(self._complete(endpoint.client, prompt, images, schema, images_first), self.cfg.timeout_s + 5.0)
         except openai.APIConnectionError as e:
             if not isinstance(e, openai.APITimeoutError):  # a busy server is slow, not gone
                 endpoint.down = True

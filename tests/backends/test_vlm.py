@@ -397,3 +397,22 @@ def test_each_option_is_part_of_the_cache_key(server, tmp_path):
         (reply,) = run(server, [request()], cache=True, cache_dir=str(tmp_path), **options)
         assert reply.usage.cache_hits == 1
     assert len(server.requests) == len(settings)
+
+
+def _part_kinds(server, body: dict) -> list[str]:
+    if server.backend == "openai":
+        return ["text" if p["type"] == "text" else "image" for p in body["messages"][0]["content"]]
+    return ["text" if "text" in p else "image" for p in body["contents"][0]["parts"]]
+
+
+def test_images_first_puts_the_images_before_the_prompt_and_is_part_of_the_cache_key(server, tmp_path):
+    images = [jpeg(), jpeg(64, 48)]
+    plain = request("Judge it.", images)
+    first = VLMRequest("Judge it.", images, TransitionAnnotation, images_first=True)
+    run(server, [plain], cache=True, cache_dir=str(tmp_path))
+    (reply,) = run(server, [first], cache=True, cache_dir=str(tmp_path))
+    assert reply.usage.cache_hits == 0  # another message, never the text-first request's answer
+    text_first, images_before = (r.body for r in server.requests)
+    assert _part_kinds(server, text_first) == ["text", "image", "image"]
+    assert _part_kinds(server, images_before) == ["image", "image", "text"]
+    assert sent_images(server, images_before) == sent_images(server, text_first)  # same images, same order

@@ -119,3 +119,28 @@ def test_top_k_reaches_generate(tiny_vlm, tiny_cache):
                     temperature=5.0, top_k=1, top_p=0.5)
     with make_vlm(cfg) as vlm:
         assert [r.raw for r in vlm.generate_many(requests)] == greedy
+
+
+def test_images_first_leads_the_chat_with_the_images(tiny_vlm):
+    """The chat template the real processor renders puts the image placeholders before the prompt
+    only for a request with images_first (EditScore's order); both still answer in schema."""
+    tiny_vlm.generate_many([VLMRequest("Load the model.", jpegs(1), TransitionAnnotation)])  # loads the processor
+    seen: list[str] = []
+    render = tiny_vlm._processor.apply_chat_template
+
+    def recording(messages, **kwargs):
+        text = render(messages, **kwargs)
+        seen.append(text)
+        return text
+
+    tiny_vlm._processor.apply_chat_template = recording
+    try:
+        prompt = "Describe the change, please."
+        replies = tiny_vlm.generate_many([VLMRequest(prompt, jpegs(2), TransitionAnnotation),
+                                          VLMRequest(prompt, jpegs(2), TransitionAnnotation, images_first=True)])
+    finally:
+        tiny_vlm._processor.apply_chat_template = render
+    assert all(isinstance(r, VLMReply) and r.parsed is not None for r in replies)
+    text_first, images_first = seen
+    assert text_first.index(prompt) < text_first.index("<|vision_start|>")
+    assert images_first.rindex("<|vision_end|>") < images_first.index(prompt)

@@ -399,6 +399,8 @@ def test_editscore_requests_carry_the_package_prompts_and_its_decoding(tmp_path)
     assert server.prompt_of(by_images[1]) == pq_text
     assert "From scale 0 to 25" in pq_text and "10" not in pq_text  # the scale really is EditScore's 25
     for body in bodies:
+        kinds = [p["type"] for p in body["messages"][0]["content"]]
+        assert kinds[-1] == "text" and set(kinds[:-1]) == {"image_url"}  # images first, as EditScore's prepare_input
         assert (body["temperature"], body["top_p"], body["top_k"], body["max_completion_tokens"]) == (0.7, 0.9, 20, 512)
         assert body["chat_template_kwargs"] == {"enable_thinking": False}  # extra_body goes to the top level
 
@@ -408,6 +410,7 @@ def test_editscore_sampling_does_not_touch_the_vlm_judge(tmp_path):
         edit_score(pair_rows(tmp_path, ["Add a red disc."]), vlm(server, tmp_path), judge="vlm", sampling=EDITSCORE_SAMPLING)
         (body,) = [r.body for r in server.requests]
     assert body["temperature"] == 0.0 and "top_p" not in body and "top_k" not in body
+    assert body["messages"][0]["content"][0]["type"] == "text"  # our judge's prompt leads
 
 
 def test_editscore_passes_are_averaged(tmp_path):
