@@ -46,6 +46,10 @@ class SampleFrames(Stage):
     name: ClassVar[str] = "sample_frames"
     version: ClassVar[str] = "2"
     Columns: ClassVar[type[BaseModel]] = SampleFramesColumns
+    renamed_keys: ClassVar[dict[str, str]] = {  # version 1's one cap, split by strategy
+        "min_frames": "count_min_frames (count sampling, VINCIE 2)",
+        "max_frames": "count_max_frames (count sampling, VINCIE 6) and interval_max_frames (interval sampling, up to 20)",
+    }
 
     mode: Literal["interval", "count", "hybrid"] = Field(description="interval: every interval_s; count: n frames spread evenly; "
                                                                      "hybrid: either, per clip")
@@ -61,17 +65,6 @@ class SampleFrames(Stage):
     max_side: int | None = Field(gt=0, description="shrink frames so the longer side is at most this (aspect kept); null keeps the "
                                                    "display size")
     seed: int = Field(description="mixed with each clip's sample_id, so choices are random across clips but reproducible")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _old_keys(cls, data: Any) -> Any:
-        # Version 1 had one `max_frames` for both strategies; guessing which cap an old config
-        # meant would silently change its sessions, so it fails and names the new keys.
-        old = sorted({"min_frames", "max_frames"} & set(data)) if isinstance(data, dict) else []
-        if old:
-            raise ValueError(f"sample_frames.{'/'.join(old)} was split: set count_min_frames/count_max_frames (count "
-                             "sampling, VINCIE 2-6) and interval_max_frames (interval sampling, up to 20)")
-        return data
 
     @model_validator(mode="after")
     def _check_range(self) -> SampleFrames:

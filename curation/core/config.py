@@ -71,6 +71,14 @@ def _load_group(group: str, name: str) -> DictConfig:
     return OmegaConf.load(known[name])
 
 
+def _unknown_key(key: str) -> str:
+    """One line for a key no config holds, naming its replacement when a stage renamed it."""
+    stage, _, option = key.partition(".")
+    if stage in stage_names() and option in get_stage_class(stage).renamed_keys:
+        return f"unknown config key: {key}: renamed, set {stage}.{get_stage_class(stage).renamed_keys[option]} instead"
+    return f"unknown config key: {key}. See `curate stages` and README.md."
+
+
 def compose(overrides: list[str] | tuple[str, ...] = (), gpus: bool | None = None) -> DictConfig:
     """The resolved config for `curate run` arguments such as `["pipeline=sessions", "input=x"]`.
 
@@ -132,7 +140,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), gpus: bool | None = Non
     try:
         cfg = OmegaConf.merge(base, *layers)
     except ConfigKeyError as e:
-        raise ConfigError(f"unknown config key: {e.full_key or e}. See `curate stages` and README.md.") from e
+        raise ConfigError(_unknown_key(str(e.full_key or e))) from e
     except OmegaConfBaseException as e:
         raise ConfigError(str(e).splitlines()[0]) from e
 

@@ -105,8 +105,21 @@ class Stage(BaseModel):
     # Media columns whose bytes this stage reads. Manifests hold references (`media_store`); only
     # these are read into the rows the stage sees, every other media column passes by reference.
     reads_media: ClassVar[tuple[str, ...]] = ()
+    # Keys a release renamed or split: old key -> what to set instead. An old key in a config then
+    # fails with that hint rather than a bare "unknown config key".
+    renamed_keys: ClassVar[dict[str, str]] = {}
 
     resources: Resources = Field(default_factory=Resources, description="Ray resources per worker")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_renamed_keys(cls, data: Any) -> Any:
+        # A renamed key must not be guessed into its replacement: a split key (one cap become two)
+        # has no single meaning, and silently changing what a config does loses a user's data.
+        old = sorted(set(cls.renamed_keys) & set(data)) if isinstance(data, dict) else []
+        if old:
+            raise ValueError("; ".join(f"{cls.name}.{k} was renamed: set {cls.renamed_keys[k]}" for k in old))
+        return data
 
     _ready: bool = PrivateAttr(default=False)
     _media: MediaStore | None = PrivateAttr(default=None)

@@ -11,7 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from curation.cli import app
 from curation.core.config import build_stage
 from curation.core.schema import SampleRow, arrow_schema, rows_to_table
 from curation.media.decode import iter_frames
@@ -169,8 +171,12 @@ def test_count_min_above_count_max_is_a_config_error():
 def test_the_old_shared_cap_fails_and_names_the_new_keys():
     """Version 1's one `max_frames` capped both strategies; an old config must not silently mean one of them."""
     options = {k: v for k, v in build_stage("sample_frames").model_dump().items()}
-    with pytest.raises(ValidationError, match="max_frames was split: set count_min_frames/count_max_frames"):
+    with pytest.raises(ValidationError, match=r"sample_frames.max_frames was renamed: set count_max_frames .* and interval_max_frames"):
         type(build_stage("sample_frames"))(**options, max_frames=6)
+    # on the command line, the same hint in the one-line config error
+    result = CliRunner().invoke(app, ["run", "pipeline=sessions", "sample_frames.min_frames=2", "input=x", "output=y"])
+    assert result.exit_code != 0
+    assert "unknown config key: sample_frames.min_frames: renamed, set sample_frames.count_min_frames" in result.output
 
 
 def test_interval_and_count_caps_are_separate():
