@@ -38,6 +38,7 @@ TEMPLATES: dict[str, tuple[str, type[BaseModel] | None]] = {
     "transition_annotation.v1": ("transition_annotation.v1.j2", TransitionAnnotation),
     "transition_annotation.v2": ("transition_annotation.v2.j2", TransitionAnnotation),
     "caption.v1": ("caption.v1.j2", ClipCaption),
+    "caption.v2": ("caption.v2.j2", ClipCaption),
     "edit_score_sc.v1": ("edit_score_sc.v1.j2", EditScoreSC),
     "edit_score_pq.v1": ("edit_score_pq.v1.j2", EditScorePQ),
     "edit_judge.v1": ("edit_judge.v1.j2", EditJudgement),
@@ -53,7 +54,7 @@ TEMPLATES: dict[str, tuple[str, type[BaseModel] | None]] = {
 # A bare name ("transition_annotation") means its default version.
 DEFAULT_VERSIONS: dict[str, str] = {
     "transition_annotation": "transition_annotation.v2",
-    "caption": "caption.v1",
+    "caption": "caption.v2",
     "edit_score_sc": "edit_score_sc.v1",
     "edit_score_pq": "edit_score_pq.v1",
     "edit_judge": "edit_judge.v1",

@@ -18,7 +18,6 @@ threshold and how the search scales.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -29,6 +28,7 @@ from pydantic import BaseModel, Field
 from curation.core import layout, storage
 from curation.core.schema import scores_of
 from curation.core.stage import Threshold
+from curation.core.verdicts import rewrite_parts
 from curation.dedup.reference_set import load_reference_set
 from curation.dedup.search import CellTask, PairBlock, SearchConfig, best_first, deduplicate, find_leakage, local_map
 from curation.stages.base.embedding import EmbeddingColumns, EmbeddingStage, embedding_matrix
@@ -95,7 +95,7 @@ class Dedup(EmbeddingStage):
                 alive = self._leakage(vectors, hashes, ids, verdicts)
             self._near_duplicates(vectors[alive], [h for h, a in zip(hashes, alive) if a],
                                   [i for i, a in zip(range(len(ids)), alive) if a], candidates, verdicts)
-        _rewrite(parts, verdicts)
+        rewrite_parts(parts, verdicts, list(_clean()))
 
     def _candidates(self, parts: list[str]) -> dict[str, Any]:
         """Rows the decision is about: kept ones and ones an earlier dedup dropped, with vectors."""
@@ -207,34 +207,3 @@ def _verdict(reason: str | None) -> str | None:
 def _clean() -> dict[str, Any]:
     return {"status": "ok", "reason": None, "duplicate_of": None, "duplicate_similarity": None,
             "duplicate_group_size": 1, "leakage_of": None, "leakage_similarity": None}
-
-
-def _rewrite(parts: list[str], verdicts: dict[str, dict[str, Any]]) -> None:
-    """Write each part whose verdict columns change (atomically; unchanged parts are left alone)."""
-    names = list(_clean())
-    for part in parts:
-        table = storage.read_table(part)
-        sample_ids = table.column("sample_id").to_pylist()
-        if not any(sid in verdicts for sid in sample_ids):
-            continue
-        current = {n: table.column(n).to_pylist() for n in names}
-        changed = False
-        for i, sid in enumerate(sample_ids):
-            verdict = verdicts.get(sid)
-            if verdict is None:
-                continue
-            for n in names:
-                if not _same(current[n][i], verdict[n]):
-                    current[n][i] = verdict[n]
-                    changed = True
-        if changed:
-            for n in names:
-                table = table.set_column(table.schema.get_field_index(n), table.schema.field(n),
-                                         pa.array(current[n], table.schema.field(n).type))
-            storage.write_table_atomic(table, part)
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-6) or (math.isnan(a) and math.isnan(b))
-    return a == b

@@ -42,6 +42,9 @@ class ReferenceColumns(BaseModel):
         None, description="the reference is made of the target frame's own pixels (composite: the object's mask cutout, or the "
         "frame with its foreground inpainted), so a model can learn to copy the target from it; False for an editor's image")
     reference_usage: VLMUsage | None = Field(None, description="api backend: requests, cache hits, USD spent on this reference")
+    generator: str | None = Field(
+        None, description="what made the sample's generated media (the reference): composite, a diffusers model id, or "
+        "<provider>:<model> for an API, whose terms then apply to it")
 
 
 class Reference(BudgetedStage, SynthesisConfig):
@@ -89,13 +92,13 @@ class Reference(BudgetedStage, SynthesisConfig):
                 inputs[r] = self._input(row, template)
             except Exception as e:  # noqa: BLE001 - a bad sample must not stop the run
                 out[r] = self.error_row(row, failure_reason(e))
-        made_by = synthesizer.describe()
+        made_by, generator = synthesizer.describe(), synthesizer.generator()
         for r, result in zip(inputs, synthesizer.synthesize(list(inputs.values())), strict=True):
             usage = result.usage.model_dump() if result.usage is not None else None
             if result.reason is not None:  # retryable: API/model errors
                 out[r] = self.error_row(rows[r], result.reason, reference_usage=usage)
             else:
-                out[r] = self._quad(rows[r], result.image, made_by, synthesizer.copies_target_pixels, usage)
+                out[r] = self._quad(rows[r], result.image, made_by, generator, synthesizer.copies_target_pixels, usage)
         return [out[r] for r in range(len(rows))]
 
     def _input(self, row: Row, template: PromptTemplate | None) -> ReferenceInput:
@@ -108,9 +111,9 @@ class Reference(BudgetedStage, SynthesisConfig):
         labels = list(dict.fromkeys(b["label"] for b in row.get("edit_boxes") or [] if b["image"] == "edited"))
         return template.render(mode=mode, label=" and ".join(labels) or "main object", background=self.background)
 
-    def _quad(self, row: Row, image: np.ndarray, made_by: str, cutout: bool, usage: dict[str, Any] | None) -> Row:
+    def _quad(self, row: Row, image: np.ndarray, made_by: str, generator: str, cutout: bool, usage: dict[str, Any] | None) -> Row:
         height, width = image.shape[:2]
-        columns = {"reference_width": width, "reference_height": height, "reference_backend": made_by,
+        columns = {"reference_width": width, "reference_height": height, "reference_backend": made_by, "generator": generator,
                    "reference_is_cutout": cutout, "reference_usage": usage}
         problem = reference_problem(width, height, max_aspect=self.max_aspect, min_side=self.min_side, max_side=self.max_side)
         if problem:

@@ -10,20 +10,27 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from curation.core import layout, media_store, storage
 from curation.core.schema import media_ext, rows_to_table
 from curation.core.stage import SinkContext, SinkResult, SinkStage, failure_reason
+from curation.shards.splits import assign_split, check_ratios
 from curation.shards.writer import SHARD_SCHEMA_VERSION, MediaOptions, bucket_key, estimated_tar_bytes, sample_members, write_tar
+from curation.sources.licences import UNKNOWN_LICENCE
 
 PLAN = "_plan.parquet"
+# What `_dataset.json` counts samples by (`counts_by_<field>`), and what a sample without a value
+# counts as: an unstated licence is `unknown`; no generator means the sample has no generated media.
+PROVENANCE_COUNTS = {"dataset": "none", "licence": UNKNOWN_LICENCE, "generator": "none", "category": "none",
+                     "category_native": "none"}
 
 
 class ShardColumns(BaseModel):
     shard: str | None = Field(None, description="tar file (relative to the shards dir) holding the sample")
     shard_offset: int | None = Field(None, description="byte offset of the sample's first tar header")
     shard_bytes: int | None = Field(None, description="bytes the sample's members span in the tar")
+    split: str | None = Field(None, description="the split whose shards hold the sample")
 
 
 class Shard(SinkStage):
@@ -34,7 +41,12 @@ class Shard(SinkStage):
     Columns: ClassVar[type[BaseModel]] = ShardColumns
 
     output_dir: str | None = Field(description="where the tars go; null means <run dir>/shards")
-    split: str = Field(description="split name in shard file names (<split>-000000.tar)")
+    split: str = Field(description="split name in shard file names (<split>-000000.tar) when `splits` is null")
+    splits: dict[str, float] | None = Field(None, description="split name -> share of source groups, e.g. {train: 0.95, "
+                                            "val: 0.05}: all samples of one group go to one split (curation/shards/splits.py)")
+    split_key: str = Field("source_uri", description="column whose value is a sample's source group (default: the root "
+                                                     "source of its lineage, e.g. the video a session was cut from)")
+    split_seed: int = Field(0, description="seed of the hash of (seed, group key) that picks a group's split")
     max_count: int = Field(gt=0, description="start a new shard after this many samples")
     max_bytes: int = Field(gt=0, description="start a new shard before it would exceed this size (bytes)")
     bucket: bool = Field(description="group shards by resolution/aspect/frame-count bucket: shards/<bucket>/...")
@@ -42,7 +54,21 @@ class Shard(SinkStage):
                                                   "this) frames")
     video_crf: int = Field(18, ge=0, le=51, description="x264 CRF for re-encoded src.mp4/tgt.mp4 (lower = better quality, bigger shards)")
 
+    @field_validator("splits")
+    @classmethod
+    def _check_splits(cls, splits: dict[str, float] | None) -> dict[str, float] | None:
+        return None if splits is None else check_ratios(splits)
+
     # ---- planning --------------------------------------------------------------------------
+    def _splits_of(self, table: pa.Table) -> list[str]:
+        """Each row's split: its group's under `splits` (a null key: the sample is its own group), else `split`."""
+        if self.splits is None:
+            return [self.split] * table.num_rows
+        if self.split_key not in table.column_names:
+            raise ValueError(f"shard.split_key={self.split_key!r} is not a manifest column; it has {table.column_names}")
+        return [assign_split(str(key) if key is not None else sid, self.splits, self.split_seed)
+                for key, sid in zip(table.column(self.split_key).to_pylist(), table.column("sample_id").to_pylist())]
+
     def plan(self, input_uri: str) -> pa.Table:
         """Deterministic sample -> shard assignment, in manifest order, rolled by count and size."""
         rows: list[dict[str, Any]] = []
@@ -56,18 +82,18 @@ class Shard(SinkStage):
                 buckets = [bucket_key(w, h, f) for w, h, f in zip(widths, heights, frames)]
             else:
                 buckets = [""] * table.num_rows
-            rows.extend({"sample_id": sid, "part": part, "bucket": b, "bytes": int(n)}
-                        for sid, b, n in zip(table.column("sample_id").to_pylist(), buckets, sizes))
-        counters: dict[str, tuple[int, int, int]] = {}  # bucket -> (shard number, count, bytes)
+            rows.extend({"sample_id": sid, "part": part, "bucket": b, "split": split, "bytes": int(n)}
+                        for sid, b, split, n in zip(table.column("sample_id").to_pylist(), buckets, self._splits_of(table), sizes))
+        counters: dict[tuple[str, str], tuple[int, int, int]] = {}  # (bucket, split) -> (shard number, count, bytes)
         for row in rows:
-            number, count, size = counters.get(row["bucket"], (0, 0, 0))
+            number, count, size = counters.get((row["bucket"], row["split"]), (0, 0, 0))
             if count and (count >= self.max_count or size + row["bytes"] > self.max_bytes):
                 number, count, size = number + 1, 0, 0
-            counters[row["bucket"]] = (number, count + 1, size + row["bytes"])
+            counters[(row["bucket"], row["split"])] = (number, count + 1, size + row["bytes"])
             prefix = f"{row['bucket']}/" if row["bucket"] else ""
-            row["shard"] = f"{prefix}{self.split}-{number:06d}.tar"
+            row["shard"] = f"{prefix}{row['split']}-{number:06d}.tar"
         schema = pa.schema([("sample_id", pa.string()), ("part", pa.string()), ("bucket", pa.string()),
-                            ("bytes", pa.int64()), ("shard", pa.string())])
+                            ("split", pa.string()), ("bytes", pa.int64()), ("shard", pa.string())])
         return pa.Table.from_pylist(rows, schema=schema)
 
     def _frame_counts(self, table: pa.Table) -> list[int]:
@@ -128,7 +154,10 @@ class Shard(SinkStage):
         by_sample = {key: (offset, span) for key, offset, span in index}
 
         kinds = Counter(r["kind"] for r in rows if r["sample_id"] in by_sample)
-        stats = {"shard": shard, "samples": len(index), "bytes": tar_bytes, "by_kind": dict(kinds), "errors": len(bad)}
+        split = wanted.column("split")[0].as_py()  # one shard, one split
+        stats = {"shard": shard, "split": split, "samples": len(index), "bytes": tar_bytes, "by_kind": dict(kinds),
+                 "errors": len(bad)}
+        stats["provenance"] = provenance_counts([r for r in rows if r["sample_id"] in by_sample])
         storage.write_json_atomic(tar_uri[: -len(".tar")] + ".stats.json", stats)
         storage.write_table_atomic(
             pa.table({"sample_id": [k for k, _, _ in index], "shard": [shard] * len(index),
@@ -143,7 +172,7 @@ class Shard(SinkStage):
                 continue
             offset, span = by_sample[row["sample_id"]]
             out_rows.append(dict(row, stage=self.name, stage_version=self.version, shard=shard, shard_offset=offset,
-                                 shard_bytes=span))
+                                 shard_bytes=span, split=split))
         out_rows.extend(bad)
         # Media columns are left out (rows_to_table drops keys the schema lacks): the shards hold the media.
         schema = self.output_schema(_light_schema(storage.read_schema(wanted.column("part")[0].as_py())))
@@ -201,16 +230,26 @@ class Shard(SinkStage):
         per_shard = [storage.read_json(storage.join(shards_dir, s[: -len(".tar")] + ".stats.json")) for s in shards]
         by_kind: Counter[str] = Counter()
         buckets: dict[str, int] = defaultdict(int)
+        splits: dict[str, int] = dict.fromkeys(self.splits or [self.split], 0)
+        provenance: dict[str, Counter[str]] = {field: Counter() for field in PROVENANCE_COUNTS}
         for stats, name in zip(per_shard, shards):
             by_kind.update(stats["by_kind"])
+            for field, counts in stats.get("provenance", {}).items():  # shards written before provenance: none
+                provenance[field].update(counts)
             buckets[name.rsplit("/", 1)[0] if "/" in name else ""] += stats["samples"]
+            splits[stats.get("split", self.split)] += stats["samples"]  # shards of runs before splits: all `split`
         storage.write_json_atomic(storage.join(shards_dir, "_dataset.json"), {
             "schema_version": SHARD_SCHEMA_VERSION,
             "format": "webdataset",
-            "split": self.split,
+            "split": self.split if self.splits is None else None,
+            "splits": splits,  # samples per split
+            "split_by": None if self.splits is None else {"key": self.split_key, "seed": self.split_seed, "ratios": self.splits},
             "num_samples": sum(s["samples"] for s in per_shard),
             "num_shards": len(shards),
             "counts_by_kind": dict(by_kind),
+            # Provenance: samples per source dataset, licence, generator of their generated media and category
+            # (normalised and as the dataset wrote it); API generators are `<provider>:<model>`, whose terms apply.
+            **{f"counts_by_{field}": dict(sorted(counts.items())) for field, counts in provenance.items()},
             "buckets": dict(buckets) if self.bucket else {},
             "shards": per_shard,
             "config_hash": config_hash,
@@ -218,6 +257,11 @@ class Shard(SinkStage):
                        "pairs: src.jpg + tgt.jpg; triplets: src.mp4 + tgt.mp4 (H.264, same frame count); quads: + ref.png; "
                        "grounded edits: + mask_src.png/mask_tgt.png; see DESIGN.md §5",
         })
+
+
+def provenance_counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Samples per value of each provenance field (PROVENANCE_COUNTS), for a shard's stats."""
+    return {field: dict(Counter(row.get(field) or missing for row in rows)) for field, missing in PROVENANCE_COUNTS.items()}
 
 
 def _light_schema(schema: pa.Schema) -> pa.Schema:

@@ -2,7 +2,8 @@
 
 Someone who never ran the pipeline opens `report/index.html` (no server, no JavaScript, PNGs beside
 it) and sees the funnel by stage and reason, each score's distribution against the threshold that
-cut it, categories before and after filtering, clip durations, API spend and wall time per stage.
+cut it, categories before and after filtering, the samples' licences, datasets and generators, clip
+durations, API spend and wall time per stage.
 Every number is read through `RunCatalog`, so it is the number `curate status` and `curate browse`
 show. `report_data` is the same content as plain data, for tests and for the browser.
 """
@@ -120,6 +121,34 @@ def _categories(catalog: RunCatalog) -> dict[str, Any] | None:
             "after_stage": last.label if last else None, "after": after}
 
 
+# Where samples came from, per column: a row without a value counts as this. An unstated licence is
+# `unknown` (curation/sources/licences.py); no generator means the sample has no generated media.
+_PROVENANCE_COLUMNS = {"licence": "unknown", "dataset": "(none)", "category_native": "(none)", "generator": "(none)"}
+
+
+def _value_counts(cur: duckdb.DuckDBPyConnection, stage: StageManifest, column: str, missing: str,
+                  kept_only: bool) -> dict[str, int]:
+    where = " WHERE status = 'ok'" if kept_only else ""
+    rows = cur.execute(f'SELECT coalesce(CAST("{column}" AS VARCHAR), ?), count(*) FROM {stage.view}{where} '
+                       "GROUP BY 1 ORDER BY 2 DESC, 1", [missing]).fetchall()
+    return dict(rows)
+
+
+def _sample_provenance(catalog: RunCatalog) -> dict[str, dict[str, Any]]:
+    """Per provenance column: counts over every row of the first manifest that has it (the licence
+    filter's input) and over the last stage's kept rows (what the run delivers, e.g. its shards)."""
+    cur, last = catalog.cursor(), _last(catalog)
+    found = {}
+    for column, missing in _PROVENANCE_COLUMNS.items():
+        first = next((s for s in catalog.stages if column in s.columns), None)
+        if first is None:
+            continue
+        after = _value_counts(cur, last, column, missing, kept_only=True) if last and column in last.columns else None
+        found[column] = {"before_stage": first.label, "before": _value_counts(cur, first, column, missing, kept_only=False),
+                         "after_stage": last.label if last else None, "after": after}
+    return found
+
+
 def _durations(catalog: RunCatalog) -> dict[str, Any] | None:
     """Durations of the last stage's kept rows against every row any stage dropped or failed (a removed
     row stays only in the manifest of the stage that removed it)."""
@@ -191,6 +220,7 @@ def report_data(catalog: RunCatalog) -> dict[str, Any]:
         "reason_examples": _reason_examples(catalog),
         "scores": _scores(catalog),
         "categories": _categories(catalog),
+        "provenance": _sample_provenance(catalog),
         "durations": _durations(catalog),
         "usage": usage,
         "usage_total": {f: sum(r[f] for r in usage) for f in _USAGE_FIELDS} if usage else None,

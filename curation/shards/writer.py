@@ -27,6 +27,11 @@ _NOT_METADATA = {"frames", "frame_pts", "masks", "reference", "embedding", "thum
 # Kinds made of a source and a target (and, for quads, a reference); `edit_kind` says whether the
 # media are images (pair) or videos (triplet).
 EDIT_KINDS = ("pair", "triplet", "quad")
+# Fields every sample's json has, null when no stage wrote them (`caption`: the caption stage, which
+# a pipeline may leave out): a field only some samples have splits the schema HF `datasets` infers.
+ALWAYS_IN_METADATA = ("caption",
+                      # provenance: where a sample came from, under which licence, what made its generated media
+                      "dataset", "category", "category_native", "licence", "generator", "dataset_captions")
 EXIF_ORIENTATION = 0x0112
 MAX_IMAGE_PIXELS = 1 << 27
 _RESOLUTIONS = (144, 240, 360, 480, 576, 720, 1080, 1440, 2160)
@@ -40,6 +45,7 @@ def metadata(row: dict[str, Any]) -> dict[str, Any]:
         for k, v in row.items()
         if k not in _NOT_METADATA and not isinstance(v, (bytes, bytearray)) and not k.startswith("_")
     }
+    meta.update({k: None for k in ALWAYS_IN_METADATA if k not in meta})
     meta["schema_version"] = SHARD_SCHEMA_VERSION
     meta["lineage"] = row.get("parent_ids") or []
     return meta

@@ -7,7 +7,9 @@ the metadata files are and which fields hold what, so supporting a new dataset i
 code. `list_edit_sources` turns a dataset root plus an adapter into `kind=source` rows for ingest.
 
 Media files are never opened or stat'ed here: datasets hold millions of them, and ingest's probe
-finds missing or broken files later and records them on the row.
+finds missing or broken files later and records them on the row. Media embedded in the metadata
+(parquet binary columns, HF `{"bytes", "path"}` structs, WebDataset members) are written once to
+the run's media store, content-addressed, and listed by that file's URI.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import logging
 import os
 import posixpath
 import re
+import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -35,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from curation.core import storage
 from curation.core.schema import SampleRow, arrow_schema, make_sample_id, rows_to_table
 from curation.labels.categories import OTHER, TAXONOMY, lookup_category
+from curation.sources.licences import UNKNOWN_LICENCE, licence_id
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,9 @@ log = logging.getLogger(__name__)
 ADAPTERS = files("curation.adapters")
 IMAGE_EXTENSIONS = frozenset("png jpg jpeg webp bmp tif tiff".split())
 VIDEO_EXTENSIONS = frozenset("mp4 mov mkv avi webm m4v mpg mpeg ts mts flv wmv 3gp ogv gif".split())
-_FORMAT_BY_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+PARQUET_BATCH_ROWS = 64  # ours: parquet rows decoded at once; bounds the listing's memory when rows embed videos
+_FORMAT_BY_SUFFIX = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
+                     ".tar": "webdataset"}
 
 
 class EditSourceError(ValueError):
@@ -71,10 +78,20 @@ class ColumnSpec(BaseModel):
     instruction: list[str] = Field(description="fields holding the edit instruction")
     category: list[str] = Field(default_factory=list, description="fields holding the dataset's own category name")
     id: list[str] = Field(default_factory=list, description="fields holding the dataset's own row id")
+    captions: list[str] = Field(
+        default_factory=list, description="caption/prompt fields kept as they are (`dataset_captions`), each under its own name; "
+        "never read as the instruction unless also listed under `instruction`")
+    reference: list[str] = Field(
+        default_factory=list, description="fields holding a reference image (path or embedded bytes): the row becomes a quad")
 
-    @field_validator("source", "target", "instruction", "category", "id", mode="before")
+    @field_validator("source", "target", "instruction", "category", "id", "reference", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
+        return _as_list(value)
+
+    @field_validator("captions", mode="before")
+    @classmethod
+    def _caption_list(cls, value: Any) -> Any:
         return _as_list(value)
 
 
@@ -106,18 +123,40 @@ class PathRewrite(BaseModel):
     to: str = Field(description="prefix it is replaced with")
 
 
+class SessionSpec(BaseModel):
+    """Sessions (VINCIE-10M: 2-20 frames with a transition instruction between adjacent frames) listed
+    as one edit pair per transition. Each pair is a record with the session's own fields plus
+    `frame_before`, `frame_after`, `transition` (the instruction) and `turn_id` (`<session id>#<k>`),
+    which the adapter's `columns` then name."""
+
+    model_config = _Strict
+
+    frames: str = Field(description="field holding the session's frames in order (paths or embedded images)")
+    transitions: str = Field(description="field holding one entry per adjacent pair: a list, or a JSON string of one")
+    instruction: list[str] = Field(description="key path from a transition entry to its instruction, e.g. [text, summary_change]")
+
+    @field_validator("instruction", mode="before")
+    @classmethod
+    def _path(cls, value: Any) -> Any:
+        return _as_list(value)
+
+
 class AdapterSpec(BaseModel):
     """A dataset layout: where its metadata is, how it is parsed, and which fields mean what."""
 
     model_config = _Strict
 
     dataset: str = Field(description="dataset name written to the `dataset` column")
+    licence: str = Field(
+        description="the dataset's licence from its card, as a lower-case SPDX-style id (cc-by-nc-4.0, apache-2.0); "
+        f"`{UNKNOWN_LICENCE}` when the card names none: never guessed")
     edit_kind: Literal["pair", "triplet", "auto"] = Field(
         description="pair (images), triplet (videos) or auto (per row, from the source file extension)"
     )
     metadata: list[str] = Field(description="glob patterns of metadata files, relative to the dataset root")
-    format: Literal["auto", "json", "jsonl", "csv", "parquet"] = Field(
-        default="auto", description="metadata format; auto picks it from each file's extension"
+    format: Literal["auto", "json", "jsonl", "csv", "parquet", "webdataset"] = Field(
+        default="auto", description="metadata format; auto picks it from each file's extension. webdataset: tar shards, one "
+        "record per sample key: its `json` member's fields plus every other member's bytes under its extension (`1.0.jpg`)"
     )
     json_records_key: str | None = Field(
         default=None, description="for a JSON object holding the record list under a key; unset: list or id->record map"
@@ -131,6 +170,9 @@ class AdapterSpec(BaseModel):
         default_factory=list, description="prefix rewrites applied to relative media paths before joining"
     )
     columns: ColumnSpec = Field(description="field names for source, target, instruction, category and id")
+    session: SessionSpec | None = Field(
+        default=None, description="records are sessions (ordered frames with a transition between each adjacent pair): "
+        "each is listed as one pair per transition")
     category_from_path: PathCategory | None = Field(
         default=None, description="fallback: take the category from a path when no category field has a value"
     )
@@ -145,6 +187,11 @@ class AdapterSpec(BaseModel):
     @classmethod
     def _metadata_list(cls, value: Any) -> Any:
         return _as_list(value)
+
+    @field_validator("licence")
+    @classmethod
+    def _licence_id(cls, value: str) -> str:
+        return licence_id(value)
 
     @field_validator("categories")
     @classmethod
@@ -191,16 +238,30 @@ def load_adapter(name_or_path: str) -> AdapterSpec:
 # --------------------------------------------------------------------------------------------
 
 
+class DatasetText(BaseModel):
+    """One caption or prompt as the dataset ships it: a list of these keeps one schema for every
+    dataset (a map keyed by field names would not), which HF `datasets` needs to read the json."""
+
+    field: str = Field(description="the dataset's field name")
+    text: str = Field(description="its text, whitespace-trimmed")
+
+
 class EditSourceRow(SampleRow):
     """One edit (source, target, instruction) as ingest's input row."""
 
     target_uri: str = Field(description="absolute path or URI of the edited image/video")
     instruction: str = Field(description="edit instruction, whitespace-trimmed")
     category: str = Field(description="taxonomy name (curation.labels.categories)")
-    category_raw: str | None = Field(default=None, description="category as the dataset wrote it")
+    category_native: str | None = Field(default=None, description="category as the dataset wrote it (its own label, kept beside "
+                                                                  "the normalised `category`)")
+    licence: str = Field(description="the dataset's licence as its adapter declares it (SPDX-style id), or `unknown`")
+    dataset_captions: list[DatasetText] = Field(
+        default_factory=list, description="every caption/prompt field the adapter keeps, under the dataset's own field names")
     dataset: str = Field(description="adapter's dataset name")
     edit_kind: Literal["pair", "triplet"] = Field(description="pair: images; triplet: videos")
     source_key: str | None = Field(default=None, description="the dataset's own id for the row")
+    reference_uri: str | None = Field(default=None, description="the dataset's own reference image (Kiwi-Edit RefVIE): "
+                                                                 "ingest makes the row a quad")
 
 
 EDIT_SOURCE_SCHEMA = arrow_schema(EditSourceRow)
@@ -267,16 +328,13 @@ def _read_records(uri: str, spec: AdapterSpec) -> Iterator[tuple[Any, str | None
     fmt = spec.format if spec.format != "auto" else _FORMAT_BY_SUFFIX.get(PurePosixPath(uri).suffix.lower())
     if fmt is None:
         raise EditSourceError(f"{uri}: cannot tell the metadata format from the extension; set `format`")
-    data = storage.read_bytes(uri)
     try:
-        if fmt == "parquet":
-            # Only the mapped columns: parquet forms may embed image bytes in columns we never use.
-            names = pq.read_schema(pa.BufferReader(data)).names
-            c = spec.columns
-            wanted = [n for n in dict.fromkeys(c.source + c.target + c.instruction + c.category + c.id) if n in names]
-            table = pq.read_table(pa.BufferReader(data), columns=wanted)
-            yield from ((r, None) for r in table.to_pylist())
-        elif fmt == "csv":
+        if fmt in ("parquet", "webdataset"):
+            records = _parquet_records(uri, spec) if fmt == "parquet" else _webdataset_records(uri)
+            yield from ((r, None) for r in records)
+            return
+        data = storage.read_bytes(uri)
+        if fmt == "csv":
             reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig")), delimiter=spec.csv_delimiter)
             yield from ((r, None) for r in reader)
         elif fmt == "jsonl":
@@ -285,8 +343,74 @@ def _read_records(uri: str, spec: AdapterSpec) -> Iterator[tuple[Any, str | None
                     yield json.loads(line), None
         else:
             yield from _json_records(json.loads(data.decode("utf-8-sig")), spec.json_records_key, uri)
-    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error, pa.ArrowException) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error, pa.ArrowException, tarfile.TarError) as exc:
         raise EditSourceError(f"{uri}: unreadable {fmt} metadata ({exc})") from exc
+
+
+def _parquet_records(uri: str, spec: AdapterSpec) -> Iterator[dict]:
+    """Only the mapped columns, a batch at a time: parquet forms embed media bytes (a RefVIE-477K
+    chunk holds whole videos), so neither the file nor its whole table is held at once."""
+    fs, path = storage.resolve(uri)
+    with fs.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f)
+        c = spec.columns
+        session = [spec.session.frames, spec.session.transitions] if spec.session else []
+        mapped = dict.fromkeys(c.source + c.target + c.instruction + c.category + c.id + c.captions + c.reference + session)
+        wanted = [n for n in mapped if n in parquet.schema_arrow.names]
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=wanted):
+            yield from batch.to_pylist()
+
+
+def _webdataset_records(uri: str) -> Iterator[dict]:
+    """A WebDataset shard streamed member by member (X2Edit): one record per sample key, holding its
+    `json` member's fields and every other member's bytes under its extension (`1.0.jpg`, `2.jpg`)."""
+    fs, path = storage.resolve(uri)
+    with fs.open_input_stream(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        key, record = None, {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            folder, name = posixpath.split(member.name)
+            stem, _, ext = name.partition(".")  # webdataset's rule: the key ends at the name's first dot
+            if posixpath.join(folder, stem) != key:
+                if record:
+                    yield record
+                key, record = posixpath.join(folder, stem), {"__key__": posixpath.join(folder, stem)}
+            data = tar.extractfile(member).read()
+            if ext == "json":
+                record.update(json.loads(data))
+            else:
+                record[ext] = data
+        if record:
+            yield record
+
+
+def _session_pairs(record: Any, key: str | None, spec: AdapterSpec) -> Iterator[tuple[Any, str | None] | str]:
+    """A session record as one record per transition (frame k -> k+1), or the reason it is skipped."""
+    rule = spec.session
+    if rule is None or not isinstance(record, dict):
+        yield record, key
+        return
+    frames, transitions = record.get(rule.frames), record.get(rule.transitions)
+    if isinstance(transitions, str):
+        try:
+            transitions = json.loads(transitions)
+        except json.JSONDecodeError:
+            yield "session_transitions_not_json"
+            return
+    if not isinstance(frames, list) or not isinstance(transitions, list):
+        yield "session_not_lists"
+        return
+    if len(transitions) != len(frames) - 1:
+        yield f"session_transitions_mismatch: {len(frames)} frames, {len(transitions)} transitions"
+        return
+    session_id = _text(_pick(record, spec.columns.id)) or key or ""
+    shared = {k: v for k, v in record.items() if k not in (rule.frames, rule.transitions)}
+    for k, transition in enumerate(transitions):
+        for name in rule.instruction:
+            transition = transition.get(name) if isinstance(transition, dict) else None
+        yield {**shared, "frame_before": frames[k], "frame_after": frames[k + 1], "transition": transition,
+               "turn_id": f"{session_id}#{k}"}, key
 
 
 def _json_records(obj: Any, records_key: str | None, uri: str) -> Iterator[tuple[Any, str | None]]:
@@ -320,6 +444,18 @@ def _text(value: Any) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
+def _captions(record: dict, fields: list[str]) -> list[dict[str, str]]:
+    """Every listed field with text, in the adapter's order; a field holding several phrasings keeps each."""
+    kept = []
+    for name in fields:
+        value = record.get(name)
+        for item in value if isinstance(value, list) else [value]:
+            text = _text(item)
+            if text is not None:
+                kept.append({"field": name, "text": text})
+    return kept
+
+
 def _resolve(value: str, base: str, rewrites: list[PathRewrite]) -> str:
     """Absolute paths and URIs are kept; relative ones are rewritten, then joined to the base."""
     value = value.strip()
@@ -332,6 +468,59 @@ def _resolve(value: str, base: str, rewrites: list[PathRewrite]) -> str:
             value = rewrite.to + value[len(rewrite.from_) :]
             break
     return _normalize(f"{base.rstrip('/')}/{value}" if _is_uri(base) else os.path.join(base, value))
+
+
+# --------------------------------------------------------------------------------------------
+# Embedded media: parquet forms (NHR-Edit, Kiwi-Edit RefVIE-477K) hold the bytes, not a path
+# --------------------------------------------------------------------------------------------
+
+StoreMedia = Callable[[bytes, str], str]  # (bytes, extension) -> URI of the file they were stored in, once
+
+# Leading bytes -> extension; ISO BMFF (`ftyp` at offset 4) is mp4/mov/m4v alike to PyAV, and
+# Matroska's EBML header covers webm.
+_MAGIC = ((0, b"\xff\xd8\xff", "jpg"), (0, b"\x89PNG\r\n\x1a\n", "png"), (0, b"GIF8", "gif"),
+          (8, b"WEBP", "webp"), (4, b"ftyp", "mp4"), (0, b"\x1aE\xdf\xa3", "mkv"))
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where one media field of a record points."""
+
+    uri: str  # what ingest probes: the resolved path, or the file embedded bytes were stored in
+    written: str  # the path as the dataset wrote it (category_from_path reads it)
+    identity: str  # what the sample id hashes: the uri, or the content hash of embedded bytes (run-independent)
+
+
+def sniff_ext(data: bytes, name: str | None = None) -> str | None:
+    """The media extension of embedded bytes, from their leading bytes, else from the file name
+    stored beside them (HF datasets' `{"bytes", "path"}`)."""
+    for offset, magic, ext in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            return ext
+    ext = PurePosixPath(name or "").suffix.lower().lstrip(".")
+    return ext if ext in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS else None
+
+
+def _locate(value: Any, role: str, base: str, spec: AdapterSpec, store: StoreMedia | None) -> Located | str:
+    """A media field's value (a path; bytes; an HF `{"bytes", "path"}` struct) located, or why it
+    cannot be used. Embedded bytes are written once through `store` (the run's media store)."""
+    name = None
+    if isinstance(value, dict):
+        name = value.get("path") if isinstance(value.get("path"), str) else None
+        value = value.get("bytes") or name  # a struct without bytes points at a file
+    if isinstance(value, str) and value.strip():
+        uri = _resolve(value, base, spec.path_rewrites)
+        return Located(uri=uri, written=value, identity=uri)
+    if not isinstance(value, (bytes, bytearray)) or not value:
+        return f"{role}_not_media: {type(value).__name__}"
+    if store is None:
+        return f"{role}_embedded_without_media_store"
+    ext = sniff_ext(value, name)
+    if ext is None:
+        return f"{role}_unknown_embedded_format"
+    uri = store(bytes(value), ext)
+    content = PurePosixPath(uri).name  # the store names a file by its sha256
+    return Located(uri=uri, written=name or content, identity=f"embedded:{content}")
 
 
 def _media_kind(uri: str) -> str | None:
@@ -350,30 +539,38 @@ def _raw_category(record: dict, spec: AdapterSpec, meta_rel: str, source: str, t
 
 
 def _edit_row(record: Any, key: str | None, spec: AdapterSpec, base: str, meta_rel: str,
-              categorize: Callable[[str | None], str | None]) -> dict | str:
+              categorize: Callable[[str | None], str | None], store: StoreMedia | None = None) -> dict | str:
     """The output row for one record, or the reason it is skipped."""
     if not isinstance(record, dict):
         return "not_a_record"
-    paths = {}
+    values = {role: _pick(record, getattr(spec.columns, role)) for role in ("source", "target", "reference")}
     for role in ("source", "target"):
-        value = _pick(record, getattr(spec.columns, role))
-        if value is None:
+        if values[role] is None:
             return f"missing_{role}"
-        if not isinstance(value, str):  # e.g. image bytes embedded in a parquet form
-            return f"{role}_not_a_path"
-        paths[role] = value
     instruction = _text(_pick(record, spec.columns.instruction))
-    if instruction is None:
-        return "missing_instruction"
-    source_uri = _resolve(paths["source"], base, spec.path_rewrites)
-    target_uri = _resolve(paths["target"], base, spec.path_rewrites)
+    if instruction is None:  # a caption says what an image shows, not how to edit it: never a stand-in
+        return "missing_instruction_caption_only" if _captions(record, spec.columns.captions) else "missing_instruction"
+    # Located only now, so a record skipped for its text never writes embedded media to the store.
+    found: dict[str, Located] = {}
+    for role, value in values.items():
+        located = None if value is None else _locate(value, role, base, spec, store)  # no reference: a plain edit
+        if isinstance(located, str):
+            return located
+        if located is not None:
+            found[role] = located
+    paths = {role: loc.written for role, loc in found.items()}
+    source_uri, target_uri = found["source"].uri, found["target"].uri
+    reference = found.get("reference")
     edit_kind = spec.edit_kind if spec.edit_kind != "auto" else _media_kind(source_uri)
     if edit_kind is None:
         return "unknown_media_type"
     raw = _raw_category(record, spec, meta_rel, paths["source"], paths["target"])
     source_key = _text(_pick(record, spec.columns.id)) or key
     return {
-        "sample_id": make_sample_id("source", source_uri, target_uri, instruction),
+        # The dataset is part of the id: two datasets may hold the same files (or the same embedded
+        # bytes, stored once), and each listing of them is its own sample.
+        "sample_id": make_sample_id("source", found["source"].identity, found["target"].identity, instruction,
+                                    spec.dataset, reference.identity if reference else None),
         "parent_ids": [],
         "kind": "source",
         "source_uri": source_uri,
@@ -384,17 +581,20 @@ def _edit_row(record: Any, key: str | None, spec: AdapterSpec, base: str, meta_r
         "target_uri": target_uri,
         "instruction": instruction,
         "category": categorize(raw) or OTHER,
-        "category_raw": raw,
+        "category_native": raw,
+        "licence": spec.licence,
+        "dataset_captions": _captions(record, spec.columns.captions),
         "dataset": spec.dataset,
         "edit_kind": edit_kind,
         "source_key": source_key,
+        "reference_uri": reference.uri if reference else None,
     }
 
 
 def _sorted_unique(rows: list[dict]) -> list[dict]:
     """Rows in listing order, first of each sample_id kept; ties break on every column, so it is stable."""
     rows = sorted(rows, key=lambda r: (r["source_uri"], r["target_uri"], r["instruction"], r["category"],
-                                       r["category_raw"] or "", r["source_key"] or ""))
+                                       r["category_native"] or "", r["source_key"] or ""))
     seen: set[str] = set()
     unique = []
     for row in rows:
@@ -404,11 +604,12 @@ def _sorted_unique(rows: list[dict]) -> list[dict]:
     return unique
 
 
-def list_edit_sources(root: str, adapter: AdapterSpec) -> tuple[pa.Table, EditListing]:
+def list_edit_sources(root: str, adapter: AdapterSpec, store: StoreMedia | None = None) -> tuple[pa.Table, EditListing]:
     """Source rows (`kind=source`, one per edit) for a dataset root read through an adapter.
 
     Sorted by (source_uri, target_uri, instruction) and deduplicated on sample_id, so the same
-    dataset always lists to the same fragments and a rerun never duplicates an edit.
+    dataset always lists to the same fragments and a rerun never duplicates an edit. Media
+    embedded in the metadata are written through `store`; without one such rows are skipped.
     """
     root, files = _metadata_files(root, adapter.metadata)
     if not files:
@@ -420,15 +621,16 @@ def list_edit_sources(root: str, adapter: AdapterSpec) -> tuple[pa.Table, EditLi
     read = 0
     for uri, rel in files:
         base = _normalize(adapter.path_base.format(root=root, metadata_dir=_parent(uri)))
-        for record, key in _read_records(uri, adapter):
+        for session, session_key in _read_records(uri, adapter):
             read += 1
-            row = _edit_row(record, key, adapter, base, rel, categorize)
-            if isinstance(row, str):
-                skipped[row] += 1
-            else:
-                rows.append(row)
+            for found in _session_pairs(session, session_key, adapter):
+                row = found if isinstance(found, str) else _edit_row(*found, adapter, base, rel, categorize, store)
+                if isinstance(row, str):
+                    skipped[row] += 1
+                else:
+                    rows.append(row)
     unique = _sorted_unique(rows)
-    raws = (r["category_raw"] for r in unique if r["category_raw"] is not None)
+    raws = (r["category_native"] for r in unique if r["category_native"] is not None)
     unknown = Counter(raw for raw in raws if categorize(raw) is None)
     listing = EditListing(
         dataset=adapter.dataset,
@@ -438,7 +640,7 @@ def list_edit_sources(root: str, adapter: AdapterSpec) -> tuple[pa.Table, EditLi
         skipped=dict(sorted(skipped.items())),
         duplicates=len(rows) - len(unique),
         unknown_categories=dict(sorted(unknown.items())),
-        uncategorized=sum(r["category_raw"] is None for r in unique),
+        uncategorized=sum(r["category_native"] is None for r in unique),
         by_category=dict(sorted(Counter(r["category"] for r in unique).items())),
     )
     if unknown:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from curation.core import storage
 from curation.core.schema import make_sample_id
+from curation.sources.licences import UNKNOWN_LICENCE, licence_id
 
 MEDIA_EXTENSIONS = frozenset(
     "mp4 mov mkv avi webm m4v mpg mpeg ts mts flv wmv 3gp ogv gif png jpg jpeg webp bmp tif tiff".split()
@@ -76,8 +77,11 @@ def _walk_dir(path: str) -> list[str]:
     return found
 
 
-def list_sources(spec: str) -> pa.Table:
-    """Source rows (`kind=source`) for a directory, glob or source manifest, sorted by URI."""
+def list_sources(spec: str, licence: str = UNKNOWN_LICENCE) -> pa.Table:
+    """Source rows (`kind=source`) for a directory, glob or source manifest, sorted by URI.
+
+    Each row's `licence` is the manifest's own `licence` column where it has one, else `licence`
+    (what the user said, `ingest.licence`; `unknown` by default)."""
     if spec is None:
         raise SourceError("ingest needs input=<dir | glob | sources.jsonl/csv/parquet>")
     extra: pa.Table | None = None
@@ -119,8 +123,10 @@ def list_sources(spec: str) -> pa.Table:
     )
     if extra is not None:
         for name in extra.column_names:
-            if name not in rows.column_names:
+            if name not in rows.column_names and name != "licence":
                 rows = rows.append_column(name, extra.column(name))
+    stated = extra.column("licence").to_pylist() if extra is not None and "licence" in extra.column_names else [None] * len(uris)
+    rows = rows.append_column("licence", pa.array([licence_id(str(v)) if v else licence for v in stated], pa.string()))
     # Deduplicate (a manifest may list a file twice) and sort, so fragments are stable.
     seen: set[str] = set()
     keep = []

@@ -72,7 +72,7 @@ def test_references_pipeline_turns_edits_into_filtered_quads(dataset, tmp_path, 
     assert {n: r["kind"] for n, r in ingest.items()} == {e.name: e.kind for e in edits}
     assert ingest["car_red"]["num_frames"] == ingest["car_red"]["target_num_frames"] == 30
     assert ingest["cup"]["category"] == "local_change" and ingest["backdrop"]["category"] == "background_change"
-    assert ingest["car_bright"]["category"] == "other" and ingest["car_bright"]["category_raw"] == "mystery tweak"
+    assert ingest["car_bright"]["category"] == "other" and ingest["car_bright"]["category_native"] == "mystery tweak"
     listing = json.loads((out / "01-ingest" / "_run.json").read_text())["listing"]
     assert listing["unknown_categories"] == {"mystery tweak": 1}
 
@@ -119,11 +119,15 @@ def test_references_pipeline_turns_edits_into_filtered_quads(dataset, tmp_path, 
     for sample in samples:
         meta = json.loads(sample["json"])
         assert meta["kind"] == "quad" and sample["txt"].decode() == meta["instruction"]
+        # Provenance: the reference was made by the composite backend; the generic manifest states no licence.
+        assert (meta["generator"], meta["licence"], meta["dataset"]) == ("composite", "unknown", "generic")
         assert {"ref.png", "mask_src.png", "mask_tgt.png"} <= set(sample)
         if meta["edit_kind"] == "triplet":
             assert frame_count(sample["src.mp4"]) == frame_count(sample["tgt.mp4"]) == MAX_FRAMES
         else:
             assert sample["src.jpg"][:3] == sample["tgt.jpg"][:3] == b"\xff\xd8\xff"
+    card = json.loads((out / "shards" / "_dataset.json").read_text())
+    assert card["counts_by_generator"] == {"composite": 3} and card["counts_by_licence"] == {"unknown": 3}
     for urls in groups:
         hf = datasets.load_dataset("webdataset", data_files={"train": urls}, split="train",
                                    cache_dir=str(tmp_path / "hf-cache"))

@@ -23,7 +23,8 @@ from curation.sources.edit_datasets import (
     load_adapter,
 )
 
-ALL_ADAPTERS = ["ditto-1m", "generic", "gpt-image-edit-1.5m", "nhr-edit", "openve-3m", "reco", "senorita-2m"]
+ALL_ADAPTERS = ["ditto-1m", "generic", "gpt-image-edit-1.5m", "kiwi-refvie-477k", "nhr-edit", "openve-3m", "reco", "senorita-2m",
+                "vincie-10m", "x2edit"]
 
 
 def _write_json(path: Path, obj) -> None:
@@ -55,7 +56,7 @@ def _touch(root: Path, *relpaths: str) -> None:
 
 
 def _edits(table: pa.Table) -> list[tuple]:
-    return list(zip(*(table.column(c).to_pylist() for c in ("source_uri", "target_uri", "instruction", "category", "category_raw"))))
+    return list(zip(*(table.column(c).to_pylist() for c in ("source_uri", "target_uri", "instruction", "category", "category_native"))))
 
 
 def _assert_contract(table: pa.Table, dataset: str) -> None:
@@ -66,7 +67,9 @@ def _assert_contract(table: pa.Table, dataset: str) -> None:
         assert (r["kind"], r["status"], r["reason"], r["stage"], r["stage_version"]) == ("source", "ok", None, "sources", "1")
         assert r["parent_ids"] == [] and r["dataset"] == dataset
         assert r["category"] in TAXONOMY
-        assert r["sample_id"] == make_sample_id("source", r["source_uri"], r["target_uri"], r["instruction"])
+        # The dataset is hashed in, so two datasets listing the same files never share an id.
+        assert r["sample_id"] == make_sample_id("source", r["source_uri"], r["target_uri"], r["instruction"], dataset,
+                                                r["reference_uri"])
     keys = [(r["source_uri"], r["target_uri"], r["instruction"]) for r in rows]
     assert keys == sorted(keys)
     assert len({r["sample_id"] for r in rows}) == len(rows)
@@ -108,6 +111,16 @@ def test_every_bundled_adapter_loads_and_maps_only_to_the_taxonomy():
         assert set(spec.categories.values()) <= set(TAXONOMY)
     assert load_adapter("reco").edit_kind == "triplet" and load_adapter("nhr-edit").edit_kind == "pair"
     assert load_adapter("generic").edit_kind == "auto"
+
+
+def test_every_bundled_adapter_declares_its_cards_licence():
+    """The licences their dataset cards state; Señorita-2M's gated card states none, and a generic
+    manifest's is not known: `unknown`, never guessed."""
+    assert {name: load_adapter(name).licence for name in ALL_ADAPTERS} == {
+        "ditto-1m": "cc-by-nc-sa-4.0", "generic": "unknown", "gpt-image-edit-1.5m": "cc-by-4.0", "kiwi-refvie-477k": "unknown",
+        "nhr-edit": "apache-2.0",
+        "openve-3m": "cc-by-nc-4.0", "reco": "cc-by-nc-sa-4.0", "senorita-2m": "unknown",
+        "vincie-10m": "apache-2.0", "x2edit": "unknown"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,7 +178,7 @@ def test_reco(tmp_path):
            "video_masks/add/0001.mp4")
     _write_json(root / "add/add_data_configs.json", [
         {"src_video": "add/src_videos/0001.mp4", "tar_video": "add/tar_videos/0001.mp4",
-         "instruction_final_refine": " Add a red kite flying in the sky. "},
+         "instruction_final_refine": " Add a red kite flying in the sky. ", "instruction": "add a kite"},
     ])
     _write_json(root / "remove/remove_data_configs.json", [
         {"src_video": "remove/src_videos/0002.mp4", "tar_video": "remove/tar_videos/0002.mp4",
@@ -193,6 +206,12 @@ def test_reco(tmp_path):
          "Turn the video into a watercolor painting.", "global_style", "style"),
     ]
     _assert_contract(table, "reco")
+    assert set(table.column("licence").to_pylist()) == {"cc-by-nc-sa-4.0"}
+    # Both phrasings ReCo ships are kept under their own names; the refined one is the instruction.
+    assert table.column("dataset_captions").to_pylist()[0] == [
+        {"field": "instruction_final_refine", "text": "Add a red kite flying in the sky."},
+        {"field": "instruction", "text": "add a kite"}]
+    assert table.column("dataset_captions").to_pylist()[1] == [{"field": "instruction_final_refine", "text": "Make the dog jump."}]
     assert (listing.metadata_files, listing.rows_read, listing.rows_listed) == (4, 5, 4)
     assert listing.skipped == {"missing_instruction": 1}
     assert listing.unknown_categories == {"motion": 1}
@@ -318,8 +337,9 @@ def test_nhr_edit(tmp_path):
     assert listing.unknown_categories == {"Change weather": 1}
 
 
-def test_nhr_edit_parquet_form_with_embedded_images_is_counted_not_listed(tmp_path):
-    """The parquet form holds image bytes, not paths: rows are skipped with a reason, never faked."""
+def test_nhr_edit_parquet_form_listed_without_a_media_store_is_counted_not_listed(tmp_path):
+    """The parquet form holds image bytes, not paths: with nowhere to write them (a listing outside a
+    run), rows are skipped with a reason, never faked (tests/sources/test_embedded_media.py lists them)."""
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     shard = pa.table({
         "source_image": pa.array([{"bytes": b"\xff\xd8", "path": None}], image),
@@ -332,7 +352,7 @@ def test_nhr_edit_parquet_form_with_embedded_images_is_counted_not_listed(tmp_pa
     spec = load_adapter("nhr-edit").model_copy(update={"metadata": ["data/*.parquet"], "format": "parquet"})
     table, listing = list_edit_sources(str(tmp_path), spec)
     assert table.num_rows == 0 and table.schema == EDIT_SOURCE_SCHEMA
-    assert listing.rows_read == 1 and listing.skipped == {"source_not_a_path": 1}
+    assert listing.rows_read == 1 and listing.skipped == {"source_embedded_without_media_store": 1}
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,8 +401,11 @@ def test_gpt_image_edit_1_5m(tmp_path):
     assert table.column("source_key").to_pylist()[0] == "hqedit_edit_00060995"
     assert set(table.column("edit_kind").to_pylist()) == {"pair"}
     _assert_contract(table, "gpt-image-edit-1.5m")
+    assert set(table.column("licence").to_pylist()) == {"cc-by-4.0"}
+    assert table.column("dataset_captions").to_pylist()[0] == [{"field": "input_description", "text": "a photo"}]
     assert (listing.metadata_files, listing.rows_read, listing.rows_listed) == (5, 6, 5)
-    assert listing.skipped == {"missing_instruction": 1}
+    # The record without an instruction has the input's caption, which is never taken for one.
+    assert listing.skipped == {"missing_instruction_caption_only": 1}
     assert listing.unknown_categories == {"zoom": 1}
 
 
@@ -442,6 +465,7 @@ NEW_ADAPTER = """\
 # A made-up layout: one JSON object per split holding {"edits": [...]}, media dirs renamed on upload,
 # the category encoded in the edited file's directory.
 dataset: toy-edits
+licence: CC-BY-4.0
 edit_kind: pair
 metadata: splits/*.json
 json_records_key: edits
@@ -480,6 +504,7 @@ def test_new_yaml_adapter_works_without_code(tmp_path):
     ]
     assert table.column("source_key").to_pylist() == ["7", "8", "9"]
     _assert_contract(table, "toy-edits")
+    assert set(table.column("licence").to_pylist()) == {"cc-by-4.0"}  # as the card writes it, normalised to an id
     assert listing.unknown_categories == {"teleport": 1}
 
 
@@ -501,7 +526,7 @@ def test_json_id_to_record_map_uses_the_key_as_source_key(tmp_path):
 def test_spec_errors_are_early_and_clear(tmp_path):
     with pytest.raises(EditSourceError, match=r"unknown adapter 'nope'.*ditto-1m"):
         load_adapter("nope")
-    base = {"dataset": "x", "edit_kind": "pair", "metadata": ["*.jsonl"],
+    base = {"dataset": "x", "licence": "unknown", "edit_kind": "pair", "metadata": ["*.jsonl"],
             "columns": {"source": ["s"], "target": ["t"], "instruction": ["i"]}}
     with pytest.raises(ValueError, match="outside the taxonomy"):
         AdapterSpec.model_validate({**base, "categories": {"add": "addition"}})
@@ -511,6 +536,10 @@ def test_spec_errors_are_early_and_clear(tmp_path):
         AdapterSpec.model_validate({**base, "colums": {}})
     with pytest.raises(ValueError, match="path_base"):
         AdapterSpec.model_validate({**base, "path_base": "{dataset_root}/x"})
+    with pytest.raises(ValueError, match=r"licence\n  Field required"):  # every adapter states one, `unknown` included
+        AdapterSpec.model_validate({k: v for k, v in base.items() if k != "licence"})
+    with pytest.raises(ValueError, match="licence"):
+        AdapterSpec.model_validate({**base, "licence": "CC BY 4.0"})
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: x\nedit_kind: sometimes\n")
     with pytest.raises(EditSourceError, match=r"bad.yaml"):
@@ -544,3 +573,23 @@ def test_uri_roots_list_through_fsspec(tmp_path):
     assert _edits(table) == [(f"{root}/omniedit/removal/input/00000001.png", f"{root}/omniedit/removal/output/00000001.png",
                               "Remove the vase.", "local_remove", "removal")]
     assert listing.metadata_files == 1
+
+
+# --------------------------------------------------------------------------------------------
+# captions are kept, never taken for the instruction
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_caption_is_kept_but_never_the_instruction(tmp_path):
+    _write_jsonl(tmp_path / "edits.jsonl", [
+        {"source": "a.png", "target": "a_out.png", "caption": "A cat on a sofa.", "target_caption": "A dog on a sofa."},
+        {"source": "b.png", "target": "b_out.png", "instruction": "Add a bird.", "caption": " A bare branch. "},
+        {"source": "c.png", "target": "c_out.png"},
+    ])
+    table, listing = list_edit_sources(str(tmp_path), load_adapter("generic"))
+    # The row with only captions has no instruction: it is skipped with a reason that says why.
+    assert listing.skipped == {"missing_instruction": 1, "missing_instruction_caption_only": 1}
+    (row,) = table.to_pylist()
+    assert row["instruction"] == "Add a bird."
+    assert row["dataset_captions"] == [{"field": "caption", "text": "A bare branch."}]
+    assert row["licence"] == "unknown"

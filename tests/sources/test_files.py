@@ -81,3 +81,16 @@ def test_persisted_fragments_are_stable_and_new_files_append(tmp_path):
     assert len(again) == 4
     assert [storage.read_table(u).column("source_uri").to_pylist() for u in again[:3]] == before
     assert storage.read_table(again[3]).column("source_uri").to_pylist() == [str(media / "a-new.mp4")]
+
+
+def test_licence_is_unknown_unless_stated_by_the_user_or_the_manifest(tmp_path):
+    root = _tree(tmp_path)
+    assert set(list_sources(str(root)).column("licence").to_pylist()) == {"unknown"}
+    assert set(list_sources(str(root), "cc-by-4.0").column("licence").to_pylist()) == {"cc-by-4.0"}
+    # A manifest's own licence column wins where it has a value (normalised to an id); blanks take the default.
+    manifest = tmp_path / "sources.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"path": "a/one.mp4", "licence": "CC-BY-NC-4.0"}, {"path": "b.MOV", "licence": None}]))
+    table = list_sources(str(manifest), "apache-2.0")
+    assert dict(zip(table.column("source_uri").to_pylist(), table.column("licence").to_pylist())) == {
+        str(root / "a" / "one.mp4"): "cc-by-nc-4.0", str(root / "b.MOV"): "apache-2.0"}

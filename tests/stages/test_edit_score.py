@@ -58,7 +58,7 @@ def edit_row(index: int, kind: str, source: Path, target: Path, instruction: str
              dataset: str = "ds", frames: int = 1, fps: float | None = None) -> dict:
     return dict(sample_id=f"edit{index}", parent_ids=[f"source{index}"], kind=kind, edit_kind=kind,
                 source_uri=str(source), target_uri=str(target), instruction=instruction, category=category,
-                dataset=dataset, num_frames=frames, target_num_frames=frames, fps=fps, target_fps=fps, status="ok",
+                dataset=dataset, licence="unknown", num_frames=frames, target_num_frames=frames, fps=fps, target_fps=fps, status="ok",
                 stage="ingest", stage_version="1")
 
 

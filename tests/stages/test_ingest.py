@@ -86,3 +86,25 @@ def test_max_pixels_override_turns_a_video_into_an_error():
     uri = str(video_path("pyscenedetect/issue-236-split-copy.mkv"))
     (row,) = stage(source_table([uri])).to_pylist()
     assert row["status"] == "error" and row["reason"] == "too_large: 1920x1080 exceeds max_pixels=100000"
+
+
+def test_licence_filter_keeps_listed_licences_and_drops_the_rest_with_a_reason(tmp_path):
+    """The sources' licences as listing records them (curation/sources/files.py); `unknown` is a licence like
+    any other for the filter, so it is dropped unless listed."""
+    stage = build_stage("ingest", overrides=["ingest.licences=[CC-BY-4.0, apache-2.0]"])
+    stage.ensure_setup()
+    assert stage.licences == ["cc-by-4.0", "apache-2.0"]  # normalised to ids
+    uris = [str(video_path(name)) for name in GOOD][:3]
+    batch = source_table(uris)
+    batch = batch.append_column("licence", pa.array(["cc-by-4.0", "cc-by-nc-4.0", "unknown"], pa.string()))
+    rows = {r["source_uri"]: r for r in stage(batch).to_pylist()}
+    kept, nc, unknown = (rows[u] for u in uris)
+    assert kept["status"] == "ok" and kept["kind"] == "video" and kept["licence"] == "cc-by-4.0"
+    assert (nc["status"], nc["reason"]) == ("dropped", "licence_excluded: cc-by-nc-4.0 (ingest.licences keeps cc-by-4.0, apache-2.0)")
+    assert (unknown["status"], unknown["reason"]) == ("dropped", "licence_excluded: unknown (ingest.licences keeps cc-by-4.0, apache-2.0)")
+    assert nc["num_frames"] is None and nc["kind"] == "source"  # dropped before it was probed
+
+
+def test_a_licence_that_is_not_an_id_is_a_config_error():
+    with pytest.raises(ValueError, match="SPDX-style id"):
+        build_stage("ingest", overrides=["ingest.licence='CC BY 4.0'"])

@@ -226,6 +226,7 @@ def test_diffusers_the_pipeline_edits_the_mask_cutout_and_is_flagged_random(cat)
     (out,) = reference(rows_to_table([cat], SCHEMA)).to_pylist()
     assert out["status"] == "ok" and out["kind"] == "quad", out["reason"]
     assert out["reference_backend"] == "diffusers:tiny:instruct-pix2pix (RANDOM WEIGHTS)" and out["reference_usage"] is None
+    assert out["generator"] == "tiny:instruct-pix2pix"  # the model id
     frame, mask = decode(cat["tgt_frame"]), ellipse_mask(300, 451, (240, 120), (110, 80))
     cutout = cutout_reference(frame, mask, background=(255, 255, 255), margin=0.05)
     assert cutout.shape[:2] != frame.shape[:2]
@@ -280,13 +281,16 @@ def test_a_composite_quad_is_marked_a_cutout_in_the_shard_json(cat, tmp_path):
         (tmp_path / quad["edit_mode"]).mkdir()
         meta = shard_json(quad, tmp_path / quad["edit_mode"])
         assert meta["kind"] == "quad" and meta["reference_is_cutout"] is True and meta["reference_backend"] == "composite"
+        assert meta["generator"] == "composite"
 
 
 def test_an_editor_s_quad_is_not_marked_a_cutout(cat, tmp_path):
     with openai_server(default=image_ok()) as server:
         (quad,) = run([cat], backend="api", api=api(server, tmp_path))
     assert quad["status"] == "ok", quad["reason"]
-    assert shard_json(quad, tmp_path)["reference_is_cutout"] is False
+    meta = shard_json(quad, tmp_path)
+    assert meta["reference_is_cutout"] is False
+    assert meta["generator"] == "openai:editor"  # the provider first: an auditor finds what its terms cover
 
 
 def test_models_name_the_backend_as_run_json_records_it(tmp_path):

@@ -106,7 +106,11 @@ def test_shard_sink_rolls_by_count_and_three_readers_open_it(tmp_path, ray_local
     assert result.processed == 10 and result.done == 3
     card = json.loads((shards_dir / "_dataset.json").read_text())
     assert card["num_samples"] == 10 and card["counts_by_kind"] == {"session": 10}
-    assert sorted(json.loads((shards_dir / "train-000000.stats.json").read_text())) == ["by_kind", "bytes", "errors", "samples", "shard"]
+    # Rows that state no licence and hold no generated media count as such, never as missing.
+    assert card["counts_by_licence"] == {"unknown": 10} and card["counts_by_generator"] == {"none": 10}
+    stats_keys = sorted(json.loads((shards_dir / "train-000000.stats.json").read_text()))
+    assert stats_keys == ["by_kind", "bytes", "errors", "provenance", "samples", "shard", "split"]
+    assert card["split"] == "train" and card["splits"] == {"train": 10} and card["split_by"] is None
 
     # index.parquet: random access by byte offset
     index = pa.parquet.read_table(shards_dir / "index.parquet").to_pylist()

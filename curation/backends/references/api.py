@@ -40,6 +40,9 @@ class ApiSynthesizer(ReferenceSynthesizer):
     def model(self) -> ModelRef:
         return model_ref(self.cfg.model, f"api:{self.cfg.backend}:{self.cfg.model}")
 
+    def generator(self) -> str:
+        return f"{self.cfg.backend}:{self.cfg.model}"  # the provider first: its terms cover what it made
+
     def synthesize(self, items: list[ReferenceInput]) -> list[Synthesized]:
         if self._editor is None:
             raise RuntimeError("ApiSynthesizer.synthesize before open()")

@@ -62,6 +62,11 @@ class ReferenceSynthesizer(ABC):
         """The model that makes the references, as `_run.json` records it; None without one."""
         return None
 
+    def generator(self) -> str:
+        """What the shard json records as the reference's maker (its provenance): the model id for a
+        local model, `<provider>:<model>` for an API, whose terms then apply; else the backend's name."""
+        return self.name
+
     def describe(self) -> str:
         """What the `reference_backend` column says made a reference: the model as people read
         it (loud when its weights are random), else the backend's name."""

@@ -29,6 +29,9 @@ class DiffusersSynthesizer(ReferenceSynthesizer):
     def model(self) -> ModelRef:
         return model_ref(self.cfg.model, f"diffusers:{self.cfg.model}")
 
+    def generator(self) -> str:
+        return self.cfg.model
+
     def synthesize(self, items: list[ReferenceInput]) -> list[Synthesized]:
         if self._editor is None:
             raise RuntimeError("DiffusersSynthesizer.synthesize before open()")
