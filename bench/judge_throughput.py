@@ -120,7 +120,7 @@ def overrides(judge: str, inputs: str, output: str, url: str, per_worker: int, b
               workers: int) -> list[str]:
     items = [
         "stage=edit_score", f"input={inputs}", f"output={output}", "progress=false",
-        "vlm=openai", f"vlm.base_url={url}", "vlm.model=bench", "vlm.api_key_env=null",
+        "vlm=openai", f"vlm.base_url={url}", "vlm.model=bench", "vlm.pricing=self_hosted",
         f"vlm.max_in_flight={per_worker}", "vlm.cache=false", "vlm.max_retries=0", "vlm.timeout_s=30",
         f"edit_score.judge={judge}", f"edit_score.resources.batch_size={batch}",
         f"edit_score.resources.concurrency=[{workers},{workers}]", "edit_score.resources.num_cpus=0.25",

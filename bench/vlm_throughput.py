@@ -104,7 +104,7 @@ def measure(in_flight: int, args: argparse.Namespace, inputs: str, count: int, o
     with latency_server(ANSWER, args.latency) as server:
         cfg = compose([
             "stage=annotate", f"input={inputs}", f"output={output}", "progress=false",
-            "vlm=openai", f"vlm.base_url={server.url}", "vlm.model=bench", "vlm.api_key_env=null",
+            "vlm=openai", f"vlm.base_url={server.url}", "vlm.model=bench", "vlm.pricing=self_hosted",
             f"vlm.max_in_flight={per_worker}", "vlm.cache=false", "vlm.max_retries=0", "vlm.timeout_s=30",
             f"annotate.resources.batch_size={batch}", f"annotate.resources.concurrency=[{workers},{workers}]",
             "annotate.resources.num_cpus=0.25",

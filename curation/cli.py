@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import typer
 from omegaconf import OmegaConf
+from rich.markup import escape
 
 from curation.backends.vllm_server import ServerStartError
 from curation.core import layout, media_store, storage
-from curation.core.config import ConfigError, compose, group_specs, groups, pipelines
+from curation.core.config import ConfigError, compose, group_specs, groups, pipelines, validate
 from curation.core.runinfo import count_outcomes
 from curation.core.stage import registry
 from curation.core.summary import console, funnel, funnel_table, outcome_table
@@ -66,17 +67,23 @@ def run(
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides", show_default=False),
     print_config: bool = typer.Option(False, "--print-config", help="print the resolved config and exit"),
 ) -> None:
-    from curation.core.runner import compose_for_cluster
+    from curation.core.runner import compose_for_cluster, preflight
     from curation.core.runner import run as run_config
 
     try:
         cfg = compose(overrides or [])
+        validate(cfg)  # every value typed and in range, also when only printing
     except (ConfigError, KeyError) as e:
-        console.print(f"[red]config error:[/red] {e}")
+        console.print(f"[red]config error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     if print_config:
         typer.echo(OmegaConf.to_yaml(cfg))
         return
+    try:
+        preflight(cfg)  # input, manifests and optional packages, before Ray starts or output= is made
+    except (ValueError, KeyError) as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
     try:
         run_config(compose_for_cluster(overrides or []))  # resources=auto: gpu when the cluster has GPUs
     except (ValueError, FileNotFoundError, ServerStartError) as e:  # the message names the cause; no traceback

@@ -74,6 +74,10 @@ class Dedup(EmbeddingStage):
 
     reuses_vectors: ClassVar[bool] = True
 
+    def required_modules(self) -> dict[str, str]:
+        faiss = {} if self.search.method == "exact" else {"faiss": "pip install 'curation[faiss]', or dedup.search.method=exact"}
+        return {**super().required_modules(), **faiss}
+
     def near_threshold(self) -> float:
         return self.threshold if self.threshold is not None else self.embedder.default_threshold()
 

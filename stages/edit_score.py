@@ -110,6 +110,9 @@ class EditScore(VLMStage):
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the frames sent to the judge")
     max_pixels: int = Field(1 << 26, gt=0, description="image-bomb guard for source/target images")
 
+    def required_modules(self) -> dict[str, str]:
+        return {"editscore": "pip install --no-deps 'editscore==0.2'"} if self.judge == "editscore" else {}
+
     @model_validator(mode="after")
     def _judge_sampling(self) -> EditScore:
         """judge=editscore decodes as EditScore does: `sampling` goes onto `vlm` here, once, so

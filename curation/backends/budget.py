@@ -1,7 +1,9 @@
 """A spending cap for paid VLM calls, local to a worker or shared by all workers of a stage.
 
 The backend calls `check()` before sending each request and `charge(usd)` after the response.
-Cache hits are free and are served even when the budget is spent.
+Cache hits are free and are served even when the budget is spent. What a call costs comes from
+`pricing.token_price`; a call it cannot price cannot be held to a cap, so under a cap the backend
+refuses it before sending (`budget_unpriced`) rather than charge a made-up number.
 
 Overshoot: a request is checked before it is sent and charged when it returns, so the total can
 exceed `max_usd` by what was already in flight when it was crossed: at most `max_in_flight`

@@ -8,13 +8,18 @@ from pydantic import BaseModel
 
 
 class VLMUsage(BaseModel):
-    """What a request (or a sum of them) cost. `requests` counts calls actually made, retries included."""
+    """What a request (or a sum of them) cost. `requests` counts calls actually made, retries included.
+    `usd` sums the calls whose price is known; `unpriced_requests` counts those whose model has no
+    price (`pricing.token_price` None): their tokens are here, their cost is not, so `usd` is then a
+    lower bound."""
 
     requests: int = 0
     cache_hits: int = 0
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # thinking tokens included: they are billed as output
+    thinking_tokens: int = 0  # of completion_tokens, those the model spent thinking (Gemini thoughts, OpenAI reasoning)
     usd: float = 0.0
+    unpriced_requests: int = 0
     retries: int = 0
 
     def __add__(self, other: VLMUsage) -> VLMUsage:
@@ -24,7 +29,7 @@ class VLMUsage(BaseModel):
 class VLMError(Exception):
     """No usable response (after retries). `reason` starts with a stable prefix: vlm_http_<code>,
     vlm_timeout, vlm_connection, vlm_empty_response, vlm_blocked, vlm_auth, vlm_bad_image,
-    budget_exhausted (and, from `generate`, invalid_json / schema_mismatch)."""
+    budget_exhausted, budget_unpriced (and, from `generate`, invalid_json / schema_mismatch)."""
 
     def __init__(self, reason: str, usage: VLMUsage | None = None):
         super().__init__(reason)

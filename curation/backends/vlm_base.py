@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from curation.backends.budget import Budget
 from curation.backends.limits import Failure, RateLimiter, SharedRateLimiter, backoff_delay
 from curation.backends.models import DEVICE_PATTERN
+from curation.backends.pricing import token_price
 from curation.backends.transport import TransportConfig
 from curation.backends.usage import VLMError, VLMUsage
 from curation.backends.vllm_server import VLLMServerConfig
@@ -66,9 +67,19 @@ class VLMConfig(TransportConfig):
                                                       "top-level extra field (vLLM, SGLang take it; api.openai.com rejects it)")
     extra_body: dict[str, Any] | None = Field(None, description="openai/vllm only: extra top-level request fields, e.g. vLLM's "
                                                                  "{chat_template_kwargs: {enable_thinking: false}}")
-    max_tokens: int = Field(1024, ge=1, description="output token limit per request")
-    usd_per_mtok_input: float = Field(0.0, ge=0, description="price per million prompt tokens (cost, budget)")
-    usd_per_mtok_output: float = Field(0.0, ge=0, description="price per million output tokens (cost, budget)")
+    max_tokens: int = Field(1024, ge=1, description="answer token limit per request (thinking_budget comes on top)")
+    thinking_budget: int | None = Field(
+        None, ge=0, description="gemini only: tokens the model may think before answering (0: no thinking); the request's "
+                                "output limit is max_tokens + thinking_budget, since Gemini counts thoughts against it. "
+                                "None: the model's default budget, which then shares max_tokens with the answer")
+    pricing: Literal["hosted", "self_hosted"] | None = Field(
+        None, description="hosted: a paid API (or a paid proxy), priced from config/prices.yaml; self_hosted: your own "
+                          "server, priced at 0 and keyless unless api_key_env's variable is set. None: self_hosted for "
+                          "the local and vllm backends, hosted for openai and gemini. Declared, never guessed from base_url")
+    usd_per_mtok_input: float | None = Field(
+        None, ge=0, description="price per million prompt tokens (cost, budget); None: from `pricing`")
+    usd_per_mtok_output: float | None = Field(
+        None, ge=0, description="price per million output tokens, thinking included (cost, budget); None: from `pricing`")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="local only: auto|cpu|cuda|cuda:N")
     dtype: str = Field("auto", description="local only: auto (bf16 on GPU, fp32 on CPU) or a torch dtype name")
     local_batch_size: int = Field(8, ge=1, description="local only: requests per batched generate()")
@@ -86,10 +97,27 @@ class VLMConfig(TransportConfig):
             raise ValueError(f"vlm.extra_body must not set {', '.join(clash)}: use vlm.model / the prompt")
         return self
 
+    @model_validator(mode="after")
+    def _pricing_and_thinking(self) -> VLMConfig:
+        own_gpus = self.backend in ("local", "vllm")
+        if self.pricing is None:
+            self.pricing = "self_hosted" if own_gpus else "hosted"
+        elif own_gpus and self.pricing != "self_hosted":
+            raise ValueError(f"the {self.backend} backend runs on your own GPUs: vlm.pricing must be self_hosted "
+                             "(set vlm.usd_per_mtok_input/output to put a price on them)")
+        if self.thinking_budget is not None and self.backend != "gemini":
+            raise ValueError(f"vlm.thinking_budget is a Gemini setting; the {self.backend} backend cannot honour it")
+        return self
+
+    def output_token_limit(self) -> int:
+        """What a request may generate in all: the answer's max_tokens plus the thinking budget."""
+        return self.max_tokens + (self.thinking_budget or 0)
+
     def sampling_options(self) -> dict[str, Any]:
-        """top_p, top_k and extra_body where set: what the request carries beyond temperature and
-        max_tokens, and so part of the response-cache key."""
-        options = {"top_p": self.top_p, "top_k": self.top_k, "extra_body": self.extra_body}
+        """top_p, top_k, extra_body and thinking_budget where set: what the request carries beyond
+        temperature and max_tokens, and so part of the response-cache key."""
+        options = {"top_p": self.top_p, "top_k": self.top_k, "extra_body": self.extra_body,
+                   "thinking_budget": self.thinking_budget}
         return {name: value for name, value in options.items() if value is not None}
 
 
@@ -124,10 +152,11 @@ class Completion:
 
     raw: str
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # thinking included
     # The call's price when the backend knows it without tokens (an image API bills per image);
-    # None: priced from the tokens at usd_per_mtok_*.
+    # None: priced from the tokens (`_cost`: vlm.pricing, the price table, vlm.usd_per_mtok_*).
     usd: float | None = None
+    thinking_tokens: int = 0  # of completion_tokens
 
 
 class EmptyResponse(Exception):
@@ -335,9 +364,12 @@ class VLMBackend(ABC):
     def _tokens_per_minute(self) -> float | None:
         return self.cfg.tokens_per_minute
 
-    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        """USD of a call priced by its tokens (`Completion.usd` None)."""
-        return (prompt_tokens * self.cfg.usd_per_mtok_input + completion_tokens * self.cfg.usd_per_mtok_output) / 1e6
+    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """USD of a call priced by its tokens (`Completion.usd` None); None: the model has no known
+        price (`pricing.token_price`)."""
+        cfg = self.cfg
+        price = token_price(cfg.model, cfg.pricing, cfg.usd_per_mtok_input, cfg.usd_per_mtok_output)
+        return None if price is None else price.usd(prompt_tokens, completion_tokens)
 
     # ---- public API ---------------------------------------------------------------------------
     def model_id(self) -> str:
@@ -402,11 +434,15 @@ class VLMBackend(ABC):
             return self._thread
 
     def _api_key(self) -> str | None:
-        """The key from the named environment variable (remembered only to scrub it from reasons)."""
+        """The key from the named environment variable (remembered only to scrub it from reasons).
+        A self-hosted server needs none: an unset variable is then no key (None), not an error."""
         name = self.cfg.api_key_env
         if name is None:
             return None
         value = os.environ.get(name)
+        # An image editor's config has no `pricing`: its APIs are always hosted.
+        if not value and getattr(self.cfg, "pricing", "hosted") == "self_hosted":
+            return None
         if not value:
             raise VLMError(f"vlm_auth: environment variable {name} is not set")
         self._secrets.append(value)
@@ -452,14 +488,26 @@ class VLMBackend(ABC):
             return VLMError(reason)
 
     async def _charge(self, usage: VLMUsage, prompt_tokens: int, completion_tokens: int,
-                      usd: float | None = None) -> float:
+                      usd: float | None = None, thinking_tokens: int = 0) -> float | None:
+        """Add a call to `usage` and the budget; returns its USD, None when its price is unknown."""
         usd = self._cost(prompt_tokens, completion_tokens) if usd is None else usd
         usage.prompt_tokens += prompt_tokens
         usage.completion_tokens += completion_tokens
+        usage.thinking_tokens += thinking_tokens
+        if usd is None:
+            usage.unpriced_requests += 1
+            return None
         usage.usd += usd
         if self.budget is not None and usd > 0:
             await asyncio.to_thread(self.budget.charge, usd)
         return usd
+
+    def _unpriced_under_budget(self) -> VLMError | None:
+        """A budget cannot hold spending it cannot price: refuse the request (before it is sent)."""
+        if self.budget is None or self.budget.max_usd is None or self._cost(0, 0) is not None:
+            return None
+        return VLMError(f"budget_unpriced: {self.cfg.model} has no known price and budget.max_usd is set; set "
+                        "vlm.usd_per_mtok_input and vlm.usd_per_mtok_output (or add it to config/prices.yaml)")
 
     def _failure(self, exc: Exception) -> Failure:
         if isinstance(exc, EmptyResponse):
@@ -490,6 +538,9 @@ class VLMBackend(ABC):
                 parsed, error = parse_reply(req.schema, entry["raw"], req.json_in_text)
                 return VLMReply(parsed, entry["raw"], VLMUsage(cache_hits=1), error)
 
+        unpriced = self._unpriced_under_budget()
+        if unpriced is not None:
+            raise unpriced
         images = await asyncio.to_thread(lambda: [shrink_image(img, cfg.image_max_side) for img in req.images])
         estimate = estimate_tokens(req.prompt, len(images), max_tokens)
         usage = VLMUsage()
@@ -518,7 +569,8 @@ class VLMBackend(ABC):
                 if done is not None:
                     # Charged before the slot is released, so the next request's budget check
                     # sees it: with max_in_flight=1 the budget is never overshot.
-                    usd = await self._charge(usage, done.prompt_tokens, done.completion_tokens, done.usd)
+                    usd = await self._charge(usage, done.prompt_tokens, done.completion_tokens, done.usd,
+                                             done.thinking_tokens)
             if done is not None:
                 break
             reason = self._scrub(failure.reason)
@@ -532,8 +584,9 @@ class VLMBackend(ABC):
 
         limiter.settle(estimate, done.prompt_tokens + done.completion_tokens)
         if key is not None:
-            this_call = VLMUsage(requests=1, prompt_tokens=done.prompt_tokens,
-                                 completion_tokens=done.completion_tokens, usd=usd)
+            this_call = VLMUsage(requests=1, prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
+                                 thinking_tokens=done.thinking_tokens, usd=usd or 0.0,
+                                 unpriced_requests=int(usd is None))
             await asyncio.to_thread(self.cache.put, key, done.raw, this_call.model_dump(), self.model_id())
         parsed, error = parse_reply(req.schema, done.raw, req.json_in_text)
         return VLMReply(parsed, done.raw, usage, error)

@@ -3,6 +3,11 @@ JSON-schema field, which takes `$defs`/`$ref` and `additionalProperties` as pyda
 
 The SDK's own retries are off (`HttpRetryOptions(attempts=1)`; with no retry options it would
 still retry some connection errors on its own), so ours are the only ones and are counted.
+
+Thinking: Gemini 2.5 counts its thoughts against `max_output_tokens`, so a long chain of thought can
+cut the JSON answer off (and the re-ask is paid again). With `vlm.thinking_budget` set, the request
+carries `ThinkingConfig(thinking_budget=...)` and an output limit of max_tokens + thinking_budget,
+so the answer always keeps its own max_tokens. Thoughts are billed as output and counted so.
 """
 
 from __future__ import annotations
@@ -47,8 +52,11 @@ class GeminiVLM(VLMBackend):
             timeout=int(self.cfg.timeout_s * 1000),  # milliseconds
             retry_options=types.HttpRetryOptions(attempts=1),
         )
+        key = self._api_key()
+        if key is None and getattr(self.cfg, "pricing", "hosted") == "self_hosted":  # an image editor's has none
+            key = "EMPTY"  # a self-hosted endpoint needs none, but the SDK refuses to start without one
         try:
-            self._client = genai.Client(api_key=self._api_key(), http_options=http_options)
+            self._client = genai.Client(api_key=key, http_options=http_options)
         except ValueError as e:  # no key anywhere
             raise VLMError(f"vlm_auth: {short(str(e))}") from e
         self._timeouts, self._transport = _transport_errors()
@@ -67,7 +75,9 @@ class GeminiVLM(VLMBackend):
             temperature=self.cfg.temperature,
             top_p=self.cfg.top_p,  # None: the model's default
             top_k=self.cfg.top_k,
-            max_output_tokens=self.cfg.max_tokens,
+            max_output_tokens=self.cfg.output_token_limit(),
+            thinking_config=(None if self.cfg.thinking_budget is None
+                             else types.ThinkingConfig(thinking_budget=self.cfg.thinking_budget)),
             # No tools are declared; this also silences the SDK's per-call "AFC is enabled" log.
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         )
@@ -75,7 +85,8 @@ class GeminiVLM(VLMBackend):
         meta = response.usage_metadata
         prompt_tokens = (meta.prompt_token_count or 0) if meta else 0
         # Thinking tokens are billed as output.
-        completion_tokens = ((meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0)) if meta else 0
+        thinking_tokens = (meta.thoughts_token_count or 0) if meta else 0
+        completion_tokens = ((meta.candidates_token_count or 0) if meta else 0) + thinking_tokens
         if not response.candidates:
             feedback = response.prompt_feedback
             if feedback is not None and feedback.block_reason:
@@ -83,7 +94,7 @@ class GeminiVLM(VLMBackend):
                 raise EmptyResponse(f"prompt blocked ({feedback.block_reason})", prompt_tokens, completion_tokens,
                                     prefix="vlm_blocked", retryable=False)
             raise EmptyResponse("the response has no candidates", prompt_tokens, completion_tokens)
-        return Completion(response.text or "", prompt_tokens, completion_tokens)
+        return Completion(response.text or "", prompt_tokens, completion_tokens, thinking_tokens=thinking_tokens)
 
     def _classify(self, exc: Exception) -> Failure | None:
         from google.genai import errors

@@ -80,7 +80,7 @@ class OpenAIVLM(VLMBackend):
 
         client = openai.AsyncOpenAI(
             base_url=base_url,
-            api_key=self._api_key() or "EMPTY",  # keyless local servers (vLLM, SGLang) accept anything
+            api_key=self._api_key() or "EMPTY",  # keyless servers (vLLM, SGLang; pricing self_hosted) accept anything
             timeout=self.cfg.timeout_s,
             max_retries=0,  # ours are the only retries, so they are counted and paced
         )
@@ -105,9 +105,12 @@ class OpenAIVLM(VLMBackend):
         usage = response.usage
         prompt_tokens = (usage.prompt_tokens or 0) if usage else 0
         completion_tokens = (usage.completion_tokens or 0) if usage else 0
+        details = usage.completion_tokens_details if usage else None
+        reasoning_tokens = (details.reasoning_tokens or 0) if details else 0  # already in completion_tokens
         if not response.choices:
             raise EmptyResponse("the response has no choices", prompt_tokens, completion_tokens)
-        return Completion(response.choices[0].message.content or "", prompt_tokens, completion_tokens)
+        return Completion(response.choices[0].message.content or "", prompt_tokens, completion_tokens,
+                          thinking_tokens=reasoning_tokens)
 
     def _classify(self, exc: Exception) -> Failure | None:
         import openai

@@ -12,7 +12,7 @@ from typing import Literal
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from curation.core.stage import Stage, get_stage_class, stage_names
 
@@ -165,3 +165,72 @@ def build_stage(name: str, cfg: DictConfig | None = None, overrides: list[str] |
         cfg = compose(list(overrides))
     options = OmegaConf.to_container(cfg[name], resolve=True)
     return get_stage_class(name)(**options)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation: every value of a run checked before anything runs
+# --------------------------------------------------------------------------------------------
+
+
+class _Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_usd: float | None = Field(None, ge=0)
+
+
+class _Cluster(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, gt=0)
+    namespace: str
+
+
+class RunKeys(BaseModel):
+    """The run-level keys of run.yaml, typed. Booleans are strict: `retry_errors=maybe` is a
+    mistake to name, not a truthy string."""
+
+    model_config = ConfigDict(extra="ignore")  # stage blocks and groups are validated by their own models
+
+    retry_errors: StrictBool
+    stream: StrictBool
+    progress: StrictBool
+    budget: _Budget
+    cluster: _Cluster
+
+
+def _one_line(prefix: str, error: ValidationError) -> str:
+    """A pydantic error as one line per key: `key='value': what it should be`."""
+    lines = []
+    for item in error.errors():
+        key = ".".join([prefix, *map(str, item["loc"])]) if prefix else ".".join(map(str, item["loc"]))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] in ("bool_type", "bool_parsing"):
+            message += " (true or false)"
+        shown = item.get("input")
+        value = f"={shown!r}" if isinstance(shown, str | int | float | bool) and item["loc"] else ""
+        lines.append(f"{key}{value}: {message}" if key else message)
+    return "; ".join(lines)
+
+
+def validate(cfg: DictConfig) -> list[Stage]:
+    """Check the run-level keys and build every stage of the run (types, ranges, choices), so a
+    bad value fails before any stage runs, naming its key. Returns the built stages, in order."""
+    errors = []  # every bad value at once, so one rerun fixes them all
+    try:
+        RunKeys.model_validate(OmegaConf.to_container(cfg, resolve=True))
+    except ValidationError as e:
+        errors.append(_one_line("", e))
+    except OmegaConfBaseException as e:  # an interpolation that points nowhere
+        raise ConfigError(str(e).splitlines()[0]) from None
+    stages = []
+    for name in cfg.stages:
+        try:
+            stages.append(build_stage(name, cfg))
+        except ValidationError as e:
+            errors.append(_one_line(name, e))
+        except OmegaConfBaseException as e:
+            errors.append(f"{name}: {str(e).splitlines()[0]}")
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return stages

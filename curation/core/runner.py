@@ -9,26 +9,28 @@ sample ids are deterministic, never duplicates a sample. Pools are sized to the 
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from curation.core import layout, storage
-from curation.core.config import build_stage, compose, needs_cluster_facts
+from curation.core.config import build_stage, compose, needs_cluster_facts, pipelines, validate
 from curation.core.ray_env import init_ray
 from curation.core.resources import Cluster, cpu_fallback_warnings, plan_chains
 from curation.core.runinfo import RunRecord, count_outcomes
-from curation.core.stage import Resources, SinkContext, SinkStage, Stage, get_stage_class, stage_kind
+from curation.core.stage import Resources, SinkContext, SinkStage, Stage, get_stage_class, stage_kind, stage_names
 from curation.core.streaming import MAX_WORKER_RESTARTS, ChainLink, plan_chain, run_chain
 from curation.core.summary import console, funnel, funnel_table, print_stage_summary
 
 log = logging.getLogger(__name__)
-__all__ = ["MAX_WORKER_RESTARTS", "StageResult", "compose_for_cluster", "run", "run_stage"]
+__all__ = ["MAX_WORKER_RESTARTS", "StageResult", "compose_for_cluster", "preflight", "run", "run_stage"]
 
 
 @dataclass
@@ -53,6 +55,64 @@ def compose_for_cluster(overrides: list[str]) -> DictConfig:
         init_ray(cfg.cluster)
         cfg = compose(overrides, gpus=Cluster.current().gpus > 0)
     return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Pre-flight: what can be known before Ray starts is checked before Ray starts
+# --------------------------------------------------------------------------------------------
+
+
+def preflight(cfg: DictConfig) -> list[Stage]:
+    """Everything a run can get wrong without running: each value (`validate`), the output, the
+    input the first stage reads, and each stage's optional packages. Raises ValueError with one
+    line naming the key or path and what would work; reads only, so a failed check leaves no
+    Ray session and no output directory. Returns the built stages."""
+    if not cfg.stages:
+        raise ValueError("nothing to run: give stage=<name> or pipeline=<name> (see `curate stages`)")
+    if cfg.output is None:
+        raise ValueError("give output=<run dir>")
+    stages = validate(cfg)
+    _check_input(cfg, stages[0])
+    for stage in stages:
+        for module, how in stage.required_modules().items():
+            if find_spec(module) is None:  # found, not imported: torch-sized packages stay off the driver
+                raise ValueError(f"stage {stage.name} needs the {module!r} package, which is not installed: {how}")
+    return stages
+
+
+def _check_input(cfg: DictConfig, first: Stage) -> None:
+    """A source stage lists raw input (files, a glob, a source manifest); any other stage reads a
+    manifest directory: `input=`, or the latest earlier stage of the run directory."""
+    spec = cfg.input
+    local = spec is not None and "://" not in spec
+    if stage_kind(type(first)) == "source":
+        if local and not (glob.glob(spec, recursive=True) if glob.has_magic(spec) else os.path.exists(spec)):
+            raise ValueError(f"input={spec}: no such file, directory or glob match")
+        return
+    run_dir = cfg.output if "://" in cfg.output else os.path.abspath(cfg.output)
+    uri = spec if spec is not None else layout.default_input(run_dir, first.name)
+    if uri is not None and _is_manifest(uri):
+        return
+    # The pipelines' first stages are asked first: importing every stage class costs seconds.
+    firsts = [OmegaConf.load(path).get("stages", [None])[0] for path in pipelines().values()]
+    names = dict.fromkeys([n for n in firsts if n in stage_names()] + list(stage_names()))
+    source = next((n for n in names if stage_kind(get_stage_class(n)) == "source"), None)
+    chosen = f" instead of stage={cfg.stage}" if cfg.stage else f" instead of pipeline={cfg.pipeline}" if cfg.pipeline else ""
+    start = f"stages=[{','.join([source, *cfg.stages])}]{chosen}" if source else "a source stage"
+    what = (f"input={spec} does not exist" if local and not os.path.exists(spec) else
+            f"input={spec} is not a manifest directory (no part-*.parquet)" if spec is not None else
+            f"output={cfg.output} holds no earlier stage and no input= was given")
+    raise ValueError(f"{what}: stage {first.name} reads a manifest; start the run at a source stage ({start}) "
+                     f"or give input=<run dir>/NN-<stage> of an earlier run")
+
+
+def _is_manifest(uri: str) -> bool:
+    if "://" not in uri and not os.path.isdir(uri):
+        return False
+    try:
+        return bool(layout.manifest_parts(uri if "://" in uri else os.path.abspath(uri)))
+    except OSError:  # not a directory, or not reachable
+        return False
 
 
 def run_sink_stage(stage: SinkStage, cfg: DictConfig, input_uri: str | None, stage_dir: str) -> StageResult:

@@ -261,6 +261,13 @@ class Stage(BaseModel):
         """Lines (rich markup) the end-of-stage summary prints about this stage's `run_extra` facts."""
         return []
 
+    def required_modules(self) -> dict[str, str]:
+        """Optional packages this stage, as configured, imports on its workers: top-level module
+        -> how to get it (a pip command, or the switch that turns its use off). The runner finds
+        each one on the driver, without importing it, before Ray starts. Packages that live only
+        in another environment (a vLLM server's) are not listed."""
+        return {}
+
     # ---- description -----------------------------------------------------------------------
     @classmethod
     def summary(cls) -> str:

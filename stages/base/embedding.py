@@ -49,6 +49,11 @@ class EmbeddingStage(Stage):
     def uses_gpu(self) -> bool:
         return self.embedder.backend != "phash"  # the perceptual hash is numpy on the CPU
 
+    def required_modules(self) -> dict[str, str]:
+        if self.embedder.backend != "open_clip":
+            return {}
+        return {"open_clip": f"pip install 'curation[clip]', or use {self.name}.embedder.backend=transformers or =phash"}
+
     def model_devices(self) -> dict[str, str]:
         device = getattr(self._embedder, "device", None)
         return {"embedder": device} if device else {}

@@ -165,13 +165,16 @@ class VLMStage(BudgetedStage):
         exhausted = 0
         if table.num_rows:
             exhausted = pc.sum(pc.starts_with(pc.fill_null(table.column("reason"), ""), "budget_exhausted")).as_py() or 0
-        return {"vlm": {
+        facts: dict[str, Any] = {
             "model": self.models()["vlm"].display,
             "prompts": {t.name: t.version for t in self.templates()},
             "usage": total.model_dump(),
             "budget_max_usd": self.max_usd,
             "budget_exhausted": exhausted,
-        }}
+        }
+        if total.unpriced_requests:
+            facts["warnings"] = [unpriced_warning(self.vlm.model, total)]
+        return {"vlm": facts}
 
     @classmethod
     def result_notes(cls, extra: dict[str, Any]) -> list[str]:
@@ -183,10 +186,17 @@ class VLMStage(BudgetedStage):
         notes = [f"VLM {vlm['model']}: {usage['requests']} requests, {usage['cache_hits']} cache hits, "
                  f"{usage['prompt_tokens']}+{usage['completion_tokens']} tokens, ${usage['usd']:.4f}"
                  + (f" (budget ${vlm['budget_max_usd']:g})" if vlm.get("budget_max_usd") is not None else "")]
+        notes += [f"[yellow]warning:[/yellow] {w}" for w in vlm.get("warnings", [])]
         if vlm.get("budget_exhausted"):
             notes.append(f"[bold red]BUDGET EXHAUSTED:[/] {vlm['budget_exhausted']} sample(s) were not sent "
                          "(status=error, reason budget_exhausted). Raise budget.max_usd and rerun with retry_errors=true.")
         return notes
+
+
+def unpriced_warning(model: str, usage: VLMUsage) -> str:
+    """What `_run.json` and the summary say when some calls had no known price (`pricing.token_price`)."""
+    return (f"cost unknown for {usage.unpriced_requests} request(s): {model} has no price in config/prices.yaml "
+            f"(tokens are counted; usd ${usage.usd:.4f} covers only priced calls); set vlm.usd_per_mtok_input/output")
 
 
 def usage_of(reply: Reply) -> VLMUsage:

@@ -72,6 +72,7 @@ def config(server, **overrides) -> VLMConfig:
     fields = dict(
         backend=server.backend, model="test-model", base_url=server.url, api_key_env=KEY_ENV, cache=False,
         max_retries=2, backoff_initial_s=0.01, backoff_max_s=0.05, timeout_s=5.0,
+        usd_per_mtok_input=0.0, usd_per_mtok_output=0.0,  # "test-model" has no list price
     )
     fields.update(overrides)
     return VLMConfig(**fields)
@@ -416,3 +417,133 @@ def test_images_first_puts_the_images_before_the_prompt_and_is_part_of_the_cache
     assert _part_kinds(server, text_first) == ["text", "image", "image"]
     assert _part_kinds(server, images_before) == ["image", "image", "text"]
     assert sent_images(server, images_before) == sent_images(server, text_first)  # same images, same order
+
+
+# ---- pricing ------------------------------------------------------------------------------------
+
+LISTED = {"openai": ("gpt-4.1-mini", 0.40, 1.60), "gemini": ("gemini-2.5-flash", 0.30, 2.50)}
+
+
+def priced_config(server, model: str, **overrides) -> VLMConfig:
+    """`config` with the prices left to `vlm.pricing` (the helper above pins them to 0)."""
+    return config(server, model=model, **{"usd_per_mtok_input": None, "usd_per_mtok_output": None, **overrides})
+
+
+def header(recorded, name: str) -> str | None:
+    return next((v for k, v in recorded.headers.items() if k.lower() == name), None)
+
+
+def test_self_hosted_needs_no_key_and_costs_nothing(server, monkeypatch):
+    monkeypatch.delenv(KEY_ENV)
+    cfg = priced_config(server, LISTED[server.backend][0], pricing="self_hosted")
+    with make_vlm(cfg) as vlm:
+        (reply,) = vlm.generate_many([request()])
+    assert isinstance(reply, VLMReply) and reply.parsed == ANNOTATION
+    assert reply.usage == VLMUsage(requests=1, prompt_tokens=10, completion_tokens=5)  # usd 0, and priced
+    sent = header(server.requests[0], "authorization" if server.backend == "openai" else "x-goog-api-key")
+    assert sent is not None and KEY not in sent  # a placeholder the SDK accepts
+
+
+def test_self_hosted_still_sends_a_key_that_is_set(servers, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    srv = servers["openai"]
+    srv.reset(default=ok(ANNOTATION))
+    srv.backend = "openai"
+    with make_vlm(priced_config(srv, "my-model", pricing="self_hosted")) as vlm:
+        (reply,) = vlm.generate_many([request()])
+    assert isinstance(reply, VLMReply) and header(srv.requests[0], "authorization") == f"Bearer {KEY}"
+    srv.reset()
+
+
+def test_hosted_model_is_priced_from_the_table(server):
+    model, usd_in, usd_out = LISTED[server.backend]
+    with make_vlm(priced_config(server, model)) as vlm:
+        (reply,) = vlm.generate_many([request()])
+    assert reply.usage.usd == pytest.approx((10 * usd_in + 5 * usd_out) / 1e6)
+    assert reply.usage.unpriced_requests == 0
+
+
+def test_an_override_wins_over_the_table(server):
+    model, _, usd_out = LISTED[server.backend]
+    with make_vlm(priced_config(server, model, usd_per_mtok_input=100.0)) as vlm:
+        (reply,) = vlm.generate_many([request()])
+    assert reply.usage.usd == pytest.approx((10 * 100.0 + 5 * usd_out) / 1e6)
+
+
+def test_unknown_model_counts_tokens_and_flags_the_cost_unknown(server):
+    with make_vlm(priced_config(server, "no-such-model-v9")) as vlm:
+        replies = vlm.generate_many([request(), request("Another.")])
+    total = replies[0].usage + replies[1].usage
+    assert all(r.parsed == ANNOTATION for r in replies)
+    assert total == VLMUsage(requests=2, prompt_tokens=20, completion_tokens=10, usd=0.0, unpriced_requests=2)
+
+
+def test_unknown_model_under_a_budget_is_refused_before_sending(server):
+    with make_vlm(priced_config(server, "no-such-model-v9"), budget=Budget(max_usd=1.0)) as vlm:
+        (reply,) = vlm.generate_many([request()])
+    assert isinstance(reply, VLMError) and reply.reason.startswith("budget_unpriced: no-such-model-v9")
+    assert server.requests == []
+
+
+def test_budget_stops_a_model_priced_from_the_table(server):
+    budget = Budget(max_usd=1e-5)  # one call of 10 + 5 tokens costs 1.2e-5 (openai) or 1.55e-5 (gemini)
+    with make_vlm(priced_config(server, LISTED[server.backend][0], max_in_flight=1), budget=budget) as vlm:
+        first, second = vlm.generate_many([request(), request("Another.")])
+    assert isinstance(first, VLMReply) and first.usage.usd > 1e-5
+    assert isinstance(second, VLMError) and second.reason.startswith("budget_exhausted")
+    assert len(server.requests) == 1
+
+
+def test_pricing_defaults_follow_the_backend_and_are_checked():
+    assert VLMConfig(backend="openai", model="m").pricing == "hosted"
+    assert VLMConfig(backend="local", model="m").pricing == "self_hosted"
+    with pytest.raises(ValueError, match="pricing must be self_hosted"):
+        VLMConfig(backend="vllm", model="m", pricing="hosted")
+
+
+# ---- Gemini thinking ----------------------------------------------------------------------------
+
+
+def test_gemini_thinking_fits_beside_the_answer_and_is_billed(servers, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    srv = servers["gemini"]
+    srv.reset(default=ok(ANNOTATION, completion_tokens=300, thinking_tokens=900))
+    srv.backend = "gemini"
+    cfg = priced_config(srv, "gemini-2.5-flash", max_tokens=1024, thinking_budget=1024)
+    with make_vlm(cfg) as vlm:
+        (reply,) = vlm.generate_many([request()])
+    assert isinstance(reply, VLMReply) and reply.parsed == ANNOTATION  # the thought part is not the answer
+    assert reply.usage.completion_tokens == 1200 and reply.usage.thinking_tokens == 900
+    assert reply.usage.usd == pytest.approx((10 * 0.30 + 1200 * 2.50) / 1e6)
+    generation = srv.requests[0].body["generationConfig"]
+    # The SDK writes some fields in proto JSON's snake_case, which the API also accepts.
+    thinking = {k.replace("_", "").lower(): v for k, v in generation["thinkingConfig"].items()}
+    assert thinking == {"thinkingbudget": 1024}
+    assert generation["maxOutputTokens"] == 2048  # the answer keeps its 1024 whatever the thinking spends
+    srv.reset()
+
+
+def test_gemini_config_sets_a_thinking_budget_and_room_for_the_answer():
+    from omegaconf import OmegaConf
+
+    from curation.core.config import CONFIG_DIR
+
+    cfg = VLMConfig(**OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "vlm" / "gemini.yaml")))
+    assert cfg.thinking_budget and cfg.output_token_limit() == cfg.max_tokens + cfg.thinking_budget
+    assert cfg.pricing == "hosted" and cfg.usd_per_mtok_input is None
+
+
+def test_thinking_budget_is_a_gemini_setting():
+    with pytest.raises(ValueError, match="thinking_budget is a Gemini setting"):
+        VLMConfig(backend="openai", model="m", thinking_budget=128)
+
+
+def test_unpriced_calls_are_a_warning_in_run_json_and_the_summary():
+    from stages.base.vlm import VLMStage, unpriced_warning
+
+    usage = VLMUsage(requests=3, prompt_tokens=30, completion_tokens=15, unpriced_requests=3)
+    warning = unpriced_warning("no-such-model-v9", usage)
+    assert "3 request(s)" in warning and "no-such-model-v9" in warning
+    notes = VLMStage.result_notes({"vlm": {"model": "openai:no-such-model-v9", "usage": usage.model_dump(),
+                                           "warnings": [warning]}})
+    assert any("warning" in n and "cost unknown" in n for n in notes)
