@@ -44,6 +44,29 @@ def stage_dir_for(run_dir: str, name: str, position: int | None) -> str:
     return storage.join(run_dir, f"{number:02d}-{name}")
 
 
+def stage_dirs_for(run_dir: str, names: list[str]) -> list[str]:
+    """Directories for the stages `names` of one run, in order. A stage's existing directory is
+    reused (resume); a new one is numbered by its place in the list, after the stage before it and
+    never on a number another directory holds: `stages=[sample_frames,annotate]` in a run that
+    already has 01-ingest and 02-scene_split gets 03- and 04-, not a second 01 and 02."""
+    existing = {stage_name(d): d for d in stage_dirs(run_dir)}
+    taken = {int(d[:2]) for d in existing.values()}
+    dirs: list[str] = []
+    previous = 0
+    for position, name in enumerate(names, 1):
+        if name in existing:
+            d = existing[name]
+        else:
+            number = max(position, previous + 1)
+            if number in taken:
+                number = max(taken) + 1
+            taken.add(number)
+            d = f"{number:02d}-{name}"
+        previous = int(d[:2])
+        dirs.append(storage.join(run_dir, d))
+    return dirs
+
+
 def default_input(run_dir: str, name: str) -> str | None:
     """Without `input=`, a stage reads the latest earlier stage of the same run."""
     earlier = [d for d in stage_dirs(run_dir) if stage_name(d) != name]

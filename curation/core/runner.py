@@ -206,7 +206,7 @@ def run(cfg: DictConfig) -> list[StageResult]:
                     cluster.gpus)
     names = list(cfg.stages)
     pipeline = len(names) > 1
-    dirs = [layout.stage_dir_for(run_dir, name, position if pipeline else None) for position, name in enumerate(names, 1)]
+    dirs = layout.stage_dirs_for(run_dir, names) if pipeline else [layout.stage_dir_for(run_dir, names[0], None)]
     results: list[StageResult] = []
     input_uri = cfg.input
     i = 0
