@@ -102,6 +102,19 @@ def template_names() -> list[str]:
     return [*DEFAULT_VERSIONS, *TEMPLATES]
 
 
+def answering_template(name: str, schemas: tuple[type[BaseModel], ...], what: str) -> str:
+    """`name` if it loads and its answer schema is one of `schemas`; else a ValueError naming it.
+    For a stage's template field validator: a typo, or a prompt whose answer the stage cannot read,
+    fails when the config is built, not on the first batch."""
+    try:
+        template = load_template(name)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    if template.schema not in schemas:
+        raise ValueError(f"{name}: its answer schema {template.schema} is not {what}")
+    return name
+
+
 @cache
 def load_template(name: str) -> PromptTemplate:
     """The template `name`: "<name>" (its default version) or "<name>.v<N>" (that version)."""

@@ -29,7 +29,7 @@ from curation.core.stage import ModelRef, Resources, Row, failure_reason
 from curation.media.edit_media import read_edit_frames
 from curation.media.jpeg import encode_jpeg
 from curation.prompts.judges import GROUNDING_ANSWERS
-from curation.prompts.templates import PromptTemplate, load_template
+from curation.prompts.templates import PromptTemplate, answering_template, load_template
 from curation.regions.boxes import BoxError, BoxFormat, BoxOrder, to_pixels, validate_box
 from curation.regions.roe import encode_mask_png
 from curation.stages.base.vlm import VLMStage
@@ -116,13 +116,7 @@ class GroundEdit(VLMStage):
         family = TEMPLATE_FAMILIES[info.field_name]
         if name.split(".v")[0] != family:
             raise ValueError(f"{info.field_name} must be {family} or one of its versions ({family}.v<N>), got {name!r}")
-        try:
-            template = load_template(name)
-        except KeyError as e:
-            raise ValueError(e.args[0]) from None
-        if template.schema not in GROUNDING_ANSWERS:
-            raise ValueError(f"{name}: its answer schema {template.schema} is not one ground_edit reads")
-        return name
+        return answering_template(name, GROUNDING_ANSWERS, "one ground_edit reads")
 
     def templates(self) -> list[PromptTemplate]:
         return [load_template(self.edit_area_template), load_template(self.foreground_template)]

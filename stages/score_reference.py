@@ -21,7 +21,7 @@ from curation.backends.vlm import VLMError, VLMReply, VLMRequest, VLMUsage
 from curation.core.schema import scores_of
 from curation.core.stage import Row, Threshold
 from curation.prompts.judges import REFERENCE_ANSWERS, REFERENCE_SCORE, ReferenceScore, passes
-from curation.prompts.templates import PromptTemplate, load_template
+from curation.prompts.templates import PromptTemplate, answering_template, load_template
 from curation.stages.base.vlm import VLMStage
 
 
@@ -49,14 +49,7 @@ class ScoreReference(VLMStage):
     @field_validator("template")
     @classmethod
     def _reference_template(cls, name: str) -> str:
-        """A typo or a prompt with another answer fails when the config is built, not on the first batch."""
-        try:
-            template = load_template(name)
-        except KeyError as e:
-            raise ValueError(e.args[0]) from None
-        if template.schema not in REFERENCE_ANSWERS:
-            raise ValueError(f"{name}: its answer schema {template.schema} is not a reference score")
-        return name
+        return answering_template(name, REFERENCE_ANSWERS, "a reference score")
 
     def templates(self) -> list[PromptTemplate]:
         return [load_template(self.template)]

@@ -26,7 +26,7 @@ class Requirement:
     """One thing the published prompt requires.
 
     rule: the requirement, in our words; section: the seed and section it comes from, e.g.
-    "004 App. B, Prompt 3" (the seed's number prefix, see ../shared/seeds/README.md);
+    "004 App. B, Prompt 3" (the seed's number prefix: 000 ImVideoEdit ... 004 Kiwi-Edit, as SEEDS lists);
     text: a phrase the rendered prompt must contain (case-insensitive), or None;
     field: a dotted path into the output schema that must exist (e.g. "image_2.bbox"), or None.
     At least one of text and field is set."""

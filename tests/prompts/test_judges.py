@@ -29,6 +29,8 @@ from curation.prompts.judges import (
 )
 from curation.prompts.templates import DEFAULT_VERSIONS, load_template, template_names
 
+from tests.fixtures.grammars import grammar_accepts
+
 # Every judging template with a full set of slots; the values are distinctive so a test can see
 # each one in the rendered prompt.
 SLOTS: dict[str, dict[str, object]] = {
@@ -168,7 +170,7 @@ def _keywords(node: object) -> set[str]:
 
 
 @pytest.mark.parametrize("schema", list(VALID), ids=lambda s: s.__name__)
-def test_json_schema_uses_only_keywords_every_backend_accepts(schema):
+def test_json_schema_uses_only_keywords_every_backendgrammar_accepts(schema):
     js = schema.model_json_schema()
     keywords = _keywords(js)
     # xgrammar 0.2.8 lets control characters into length-limited strings; exclusive bounds and
@@ -235,29 +237,13 @@ def test_invalid_answers_are_rejected(schema, patch):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def grammars():
-    """The local backend's own grammar compiler, on the tiny tokenizer (built in memory)."""
-    pytest.importorskip("xgrammar")
-    from curation.backends.tiny_vlm import build_tiny_tokenizer
-    from curation.backends.vlm_local import _Grammars
-
-    tokenizer = build_tiny_tokenizer()
-    return _Grammars(tokenizer, len(tokenizer), [tokenizer.eos_token_id])
-
-
-def _accepts(compiled, text: str) -> bool:
-    import xgrammar as xgr
-
-    matcher = xgr.GrammarMatcher(compiled)
-    return matcher.accept_string(text) and matcher.is_completed()
 
 
 @pytest.mark.parametrize("schema", list(VALID), ids=lambda s: s.__name__)
 def test_xgrammar_compiles_each_schema_and_accepts_a_valid_answer(grammars, schema):
     compiled = grammars.get(schema)
     # Compact separators, as the local backend decodes (any_whitespace=False).
-    assert _accepts(compiled, json.dumps(VALID[schema]))
+    assert grammar_accepts(compiled, json.dumps(VALID[schema]))
 
 
 @pytest.mark.parametrize(
@@ -272,7 +258,7 @@ def test_xgrammar_compiles_each_schema_and_accepts_a_valid_answer(grammars, sche
     ],
 )
 def test_xgrammar_enforces_bounds_and_lengths(grammars, schema, patch):
-    assert not _accepts(grammars.get(schema), json.dumps({**VALID[schema], **patch}))
+    assert not grammar_accepts(grammars.get(schema), json.dumps({**VALID[schema], **patch}))
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from curation.backends.vlm import parse_reply
 from curation.prompts.judges import EditAreaBoxes, ForegroundBoxes, GroundedForeground, GroundedObjects, ReferenceRating
 from curation.prompts.templates import PromptTemplate, load_template
 
+from tests.fixtures.grammars import grammar_accepts
 from tests.prompts import requirements
 from tests.prompts.requirements import Requirement, missing_requirements, order_of
 
@@ -242,7 +243,7 @@ def test_the_reference_score_schema_declares_the_scale_and_nothing_else():
 
 
 @pytest.mark.parametrize("schema", [EditAreaBoxes, ForegroundBoxes, ReferenceRating], ids=lambda s: s.__name__)
-def test_json_schema_uses_only_keywords_every_backend_accepts(schema):
+def test_json_schema_uses_only_keywords_every_backendgrammar_accepts(schema):
     text = json.dumps(schema.model_json_schema())
     for keyword in ("minLength", "maxLength", "exclusiveMinimum", "exclusiveMaximum", "pattern"):
         assert f'"{keyword}"' not in text
@@ -288,22 +289,6 @@ def test_a_box_schema_missing_one_key_fails_the_check(monkeypatch, key):
 # ---- local constrained decoding (xgrammar) ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def grammars():
-    """The local backend's own grammar compiler, on the tiny tokenizer (built in memory)."""
-    pytest.importorskip("xgrammar")
-    from curation.backends.tiny_vlm import build_tiny_tokenizer
-    from curation.backends.vlm_local import _Grammars
-
-    tokenizer = build_tiny_tokenizer()
-    return _Grammars(tokenizer, len(tokenizer), [tokenizer.eos_token_id])
-
-
-def _accepts(compiled, text: str) -> bool:
-    import xgrammar as xgr
-
-    matcher = xgr.GrammarMatcher(compiled)
-    return matcher.accept_string(text) and matcher.is_completed()
 
 
 @pytest.mark.parametrize("schema, answer, accepted", [
@@ -319,4 +304,4 @@ def _accepts(compiled, text: str) -> bool:
 ], ids=lambda v: v.__name__ if isinstance(v, type) else None)
 def test_xgrammar_decodes_the_papers_answers_and_only_them(grammars, schema, answer, accepted):
     # json.dumps' default separators: the local backend decodes without free whitespace (any_whitespace=False).
-    assert _accepts(grammars.get(schema), json.dumps(answer)) is accepted
+    assert grammar_accepts(grammars.get(schema), json.dumps(answer)) is accepted
