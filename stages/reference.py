@@ -30,7 +30,8 @@ from curation.core.stage import ModelRef, Row, StageError, failure_reason
 from curation.media.jpeg import decode_image
 from curation.prompts.templates import PromptTemplate, load_template
 from curation.regions.roe import decode_mask_png
-from curation.stages.base.vlm import BudgetedStage
+from curation.stages.base.scope import CategoryScope
+from curation.stages.base.vlm import BudgetedStage, image_edit_check
 
 
 class ReferenceColumns(BaseModel):
@@ -47,7 +48,7 @@ class ReferenceColumns(BaseModel):
         "<provider>:<model> for an API, whose terms then apply to it")
 
 
-class Reference(BudgetedStage, SynthesisConfig):
+class Reference(BudgetedStage, SynthesisConfig, CategoryScope):
     """Synthesize the reference image (object cutout or inpainted background) and make the sample a quad."""
 
     name: ClassVar[str] = "reference"
@@ -68,8 +69,16 @@ class Reference(BudgetedStage, SynthesisConfig):
         self._synthesizer = make_synthesizer(self, self.budget())
         self._synthesizer.open()
 
+    usage_column: ClassVar[str] = "reference_usage"
+
     def uses_gpu(self) -> bool:
         return self.backend == "diffusers"
+
+    def usd_per_request(self, prompt_tokens: float, completion_tokens: float) -> float | None:
+        return self.api.usd_per_image if self.backend == "api" and self.api is not None else 0.0
+
+    def api_check(self) -> str | None:
+        return image_edit_check(self.api if self.backend == "api" else None)
 
     def model_devices(self) -> dict[str, str]:
         device = getattr(self._synthesizer, "device", None)
@@ -81,6 +90,9 @@ class Reference(BudgetedStage, SynthesisConfig):
 
     # ---- work ------------------------------------------------------------------------------
     def process_batch(self, rows: list[Row]) -> list[Row]:
+        return self.in_scope(rows, self._process_in_scope)
+
+    def _process_in_scope(self, rows: list[Row]) -> list[Row]:
         synthesizer = self._synthesizer
         if synthesizer is None:
             raise RuntimeError("reference: process_batch before setup()")

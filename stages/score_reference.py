@@ -22,6 +22,7 @@ from curation.core.schema import scores_of
 from curation.core.stage import Row, Threshold
 from curation.prompts.judges import REFERENCE_ANSWERS, REFERENCE_SCORE, ReferenceScore, passes
 from curation.prompts.templates import PromptTemplate, answering_template, load_template
+from curation.stages.base.scope import CategoryScope
 from curation.stages.base.vlm import VLMStage
 
 
@@ -32,7 +33,7 @@ class ScoreReferenceColumns(BaseModel):
     vlm_usage: VLMUsage | None = Field(None, description="requests, cache hits, tokens and USD spent rating this reference")
 
 
-class ScoreReference(VLMStage):
+class ScoreReference(VLMStage, CategoryScope):
     """A VLM rates the reference 1-10 against instruction, source and edited frame; keep >= threshold."""
 
     name: ClassVar[str] = "score_reference"
@@ -58,6 +59,9 @@ class ScoreReference(VLMStage):
         return [Threshold(score=REFERENCE_SCORE, value=self.threshold, setting="threshold")]
 
     def process_batch(self, rows: list[Row]) -> list[Row]:
+        return self.in_scope(rows, self._process_in_scope)
+
+    def _process_in_scope(self, rows: list[Row]) -> list[Row]:
         template = self.templates()[0]
         out: dict[int, dict[str, Any]] = {}
         todo = []

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from pydantic import BaseModel, Field, field_validator
 
-from curation.core import layout, media_store, storage
+from curation.core import config_change, layout, media_store, storage
 from curation.core.schema import media_ext, rows_to_table
 from curation.core.stage import SinkContext, SinkResult, SinkStage, failure_reason
 from curation.shards.splits import assign_split, check_ratios
@@ -177,10 +177,14 @@ class Shard(SinkStage):
         # Media columns are left out (rows_to_table drops keys the schema lacks): the shards hold the media.
         schema = self.output_schema(_light_schema(storage.read_schema(wanted.column("part")[0].as_py())))
         # The manifest part is written last: it is the shard's completion marker.
-        storage.write_table_atomic(rows_to_table(out_rows, schema), storage.join(stage_dir, f"part-{shard.replace('/', '__')}.parquet"))
+        storage.write_table_atomic(config_change.tag(rows_to_table(out_rows, schema), self),
+                                   storage.join(stage_dir, f"part-{shard.replace('/', '__')}.parquet"))
         return stats
 
     # ---- the sink --------------------------------------------------------------------------
+    def outputs_outside(self, run_dir: str) -> list[str]:
+        return [self.output_dir or storage.join(run_dir, "shards")]
+
     def run_sink(self, ctx: SinkContext) -> SinkResult:
         import ray.data
         from tqdm.auto import tqdm
@@ -188,7 +192,7 @@ class Shard(SinkStage):
         input_dir, stage_dir = ctx.input_uri, ctx.stage_dir
         if input_dir is None:
             raise ValueError("shard needs input=<manifest dir> (e.g. the sample_frames output)")
-        shards_dir = self.output_dir or storage.join(ctx.run_dir, "shards")
+        shards_dir = self.outputs_outside(ctx.run_dir)[0]
         plan_uri = storage.join(stage_dir, PLAN)
         plan = self.plan(input_dir)
         if storage.exists(plan_uri):

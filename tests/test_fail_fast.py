@@ -106,7 +106,7 @@ def test_a_manifest_stage_without_input_in_a_new_run_dir(tmp_path):
 def test_a_missing_optional_package_is_found_before_any_stage_runs(tmp_path, media):
     rc, lines = _curate(tmp_path, "stages=[ingest,scene_split,filter_quality]", f"input={media}",
                         f"output={tmp_path / 'run'}", hide=("nudenet",))
-    _assert_failed_fast(tmp_path, rc, lines, "filter_quality", "'nudenet'", "pip install --no-deps nudenet",
+    _assert_failed_fast(tmp_path, rc, lines, "filter_quality", "'nudenet'", "pip install 'curation[nsfw]'",
                         "filter_quality.quality.nsfw.enabled=false")
 
 

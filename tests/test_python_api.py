@@ -74,3 +74,14 @@ def test_the_readme_example_runs_as_written_and_prints_what_the_readme_shows(tmp
     out = fresh_python(example, cwd=tmp_path).stdout
     assert out.splitlines() == expected.splitlines()
     assert (tmp_path / "runs" / "api-example" / "01-ingest" / "_run.json").exists()
+
+
+def test_run_from_python_fails_before_ray_starts_as_the_cli_does(tmp_path):
+    # A missing input: ValueError naming it, no Ray session started in this interpreter, nothing written.
+    code = (f"import sys\nfrom curation import compose, run\n"
+            f"try:\n    run(compose(['stage=ingest', 'input={tmp_path / 'missing'}', 'output={tmp_path / 'run'}']))\n"
+            f"except ValueError as e:\n    print(e)\n"
+            f"print('ray' in sys.modules and sys.modules['ray'].is_initialized())\n")
+    out = fresh_python(code).stdout.splitlines()
+    assert out == [f"input={tmp_path / 'missing'}: no such file, directory or glob match", "False"], out
+    assert not (tmp_path / "run").exists()

@@ -27,6 +27,7 @@ from matplotlib.ticker import MaxNLocator
 
 from curation.audit.catalog import RunCatalog, StageManifest
 from curation.core import storage
+from curation.core.runinfo import run_spend
 
 TEMPLATES = Path(__file__).parent / "templates"
 DPI = 120
@@ -224,6 +225,9 @@ def report_data(catalog: RunCatalog) -> dict[str, Any]:
         "durations": _durations(catalog),
         "usage": usage,
         "usage_total": {f: sum(r[f] for r in usage) for f in _USAGE_FIELDS} if usage else None,
+        # The run's ledger: every paid call of every stage and attempt, including those of parts a
+        # killed attempt never wrote, which the manifests' usage cannot count.
+        "spend": run_spend(catalog.run_dir),
         "timing": _timing(catalog),
     }
 

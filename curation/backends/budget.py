@@ -1,4 +1,8 @@
-"""A spending cap for paid VLM calls, local to a worker or shared by all workers of a stage.
+"""A spending cap for paid API calls, local to a worker or shared by every worker of a run.
+
+`budget.max_usd` caps the whole run: every stage that pays draws on one ledger (a Ray actor named
+after the run directory), whose total persists in `<run_dir>/_spend.json`, so neither a second
+paid stage nor a rerun starts again from zero.
 
 The backend calls `check()` before sending each request and `charge(usd)` after the response.
 Cache hits are free and are served even when the budget is spent. What a call costs comes from
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from curation.backends.usage import VLMError
@@ -22,40 +27,86 @@ from curation.backends.usage import VLMError
 log = logging.getLogger(__name__)
 
 
+FLUSH_EVERY_S = 0.5  # the ledger writes its file at most this often (and when a stage ends)
+
+
 class _Ledger:
-    """Ray actor holding one stage's running total (see `create_ledger`)."""
+    """Ray actor holding a run's running total (see `create_ledger`). With a `path`, it starts
+    from the total a previous attempt left there and writes it back, so a rerun spends only
+    what is left of `budget.max_usd`. A thread writes the file at most every `FLUSH_EVERY_S`:
+    charges are never slowed by a write to an object store, and a killed run loses at most
+    that much time's worth of charges from the file (the manifests still hold every answer's usage)."""
 
-    def __init__(self) -> None:
-        self.total = 0.0
+    def __init__(self, path: str | None = None) -> None:
+        from curation.core import storage
 
-    def add(self, usd: float) -> float:
-        self.total += usd
-        return self.total
+        self.path = path
+        state = storage.read_json(path) if path and storage.exists(path) else {}
+        self.total = float(state.get("spent_usd", 0.0))
+        self.by_stage: dict[str, float] = {k: float(v) for k, v in (state.get("by_stage") or {}).items()}
+        self._lock = threading.Lock()
+        self._dirty = False
+        if path:
+            threading.Thread(target=self._flush_loop, daemon=True).start()
+
+    def add(self, usd: float, stage: str | None = None) -> float:
+        with self._lock:
+            self.total += usd
+            if stage:
+                self.by_stage[stage] = self.by_stage.get(stage, 0.0) + usd
+            self._dirty = True
+            return self.total
 
     def spent(self) -> float:
         return self.total
 
+    def flush(self) -> float:
+        """Write the file now (the driver calls this when a stage ends); returns the total."""
+        from curation.core import storage
 
-def create_ledger(name: str) -> Any:
-    """Create (or reuse) the named ledger actor. The driver calls this once per stage run, keeps
-    the returned handle while the stage runs (Ray collects an actor nobody holds), and gives
-    `name` to the workers' `Budget(..., ledger_name=name)`. It holds no CPU, so it never competes
-    with the stage's workers for a slot."""
+        with self._lock:
+            dirty, state = self._dirty, {"spent_usd": self.total, "by_stage": dict(self.by_stage),
+                                         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            self._dirty = False
+        if self.path and dirty:
+            storage.write_json_atomic(self.path, state)
+        return state["spent_usd"]
+
+    def _flush_loop(self) -> None:
+        while True:
+            time.sleep(FLUSH_EVERY_S)
+            try:
+                self.flush()
+            except OSError as e:  # a storage hiccup must not kill the ledger; the next flush retries
+                log.warning("could not write the spend ledger %s: %s", self.path, e)
+                self._dirty = True
+
+
+def create_ledger(name: str, path: str | None = None) -> Any:
+    """Create (or reuse) the named ledger actor; `path` is the run's spend file. The driver calls
+    this before a stage starts and gives `name` to the workers' `Budget(..., ledger_name=name)`.
+    Every stage of a run gets the same name, so they share one total. The actor holds no CPU (it
+    never competes with workers for a slot), lives as long as the driver, and runs on the
+    driver's node, so a local run directory is the driver's."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return ray.remote(num_cpus=0)(_Ledger).options(name=name, get_if_exists=True).remote()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0)(_Ledger).options(name=name, get_if_exists=True, scheduling_strategy=here).remote(path)
 
 
 class Budget:
     """`max_usd=None` means no cap (spend is still counted). With `ledger_name`, the total lives in
-    the named Ray actor so that every worker of a stage draws on one budget (each check is one
-    actor round trip; the backend makes it off its event loop)."""
+    the named Ray actor so that every worker of every stage of a run draws on one budget (each
+    check is one actor round trip; the backend makes it off its event loop); `stage` names whose
+    charges these are in the run's spend file."""
 
-    def __init__(self, max_usd: float | None, ledger_name: str | None = None):
+    def __init__(self, max_usd: float | None, ledger_name: str | None = None, stage: str | None = None):
         if max_usd is not None and max_usd < 0:
             raise ValueError(f"max_usd must be >= 0 or None, got {max_usd}")
         self.max_usd = max_usd
         self.ledger_name = ledger_name
+        self.stage = stage
         self._local_total = 0.0
         self._ledger: Any = None
         self._lock = threading.Lock()
@@ -106,4 +157,4 @@ class Budget:
         # thread of this worker sees the charge.
         import ray
 
-        ray.get(self._handle().add.remote(usd))
+        ray.get(self._handle().add.remote(usd, self.stage))

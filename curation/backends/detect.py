@@ -30,6 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.backends.models import DEVICE_PATTERN, pick_device, resolve_model
+from curation.core.config_change import RUN_ONLY
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the input image
 
@@ -43,8 +44,9 @@ class DetectorConfig(BaseModel):
     box_threshold: float = Field(0.35, ge=0, le=1, description="keep a box when its best token probability in a query exceeds this")
     text_threshold: float = Field(
         0.25, ge=0, le=1, description="a query's tokens above this make the box's label; none above it drops the box")
-    batch_size: int = Field(8, ge=1, description="image-prompt pairs per forward pass")
-    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto (CUDA when the worker has a GPU), cpu, cuda or cuda:N")
+    batch_size: int = Field(8, ge=1, json_schema_extra=RUN_ONLY, description="image-prompt pairs per forward pass")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, json_schema_extra=RUN_ONLY,
+                        description="auto (CUDA when the worker has a GPU), cpu, cuda or cuda:N")
 
 
 @dataclass(frozen=True)

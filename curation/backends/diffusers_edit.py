@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.backends.models import DEVICE_PATTERN, pick_device, resolve_model
+from curation.core.config_change import RUN_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,10 @@ class DiffusersEditConfig(BaseModel):
     negative_prompt: str | None = Field(" ", description="same for every image; None passes none")
     image_guidance_scale: float | None = Field(None, description="InstructPix2Pix: how closely to follow the input image")
     seed: int = Field(0, description="every image's generator starts from this seed")
-    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto (CUDA when the worker has a GPU), cpu, cuda or cuda:N")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, json_schema_extra=RUN_ONLY,
+                        description="auto (CUDA when the worker has a GPU), cpu, cuda or cuda:N")
     dtype: Dtype = Field("auto", description="auto: bfloat16 on CUDA, float32 on the CPU")
-    batch_size: int = Field(1, ge=1, description="same-size images per pipeline call")
+    batch_size: int = Field(1, ge=1, json_schema_extra=RUN_ONLY, description="same-size images per pipeline call")
     working_size: Literal["pipeline", "input"] = Field(
         "pipeline", description="pipeline: its own working resolution (Qwen: ~1 MP at the input's aspect); "
         "input: the input's size, where the pipeline takes height/width. Results are resized to the input's size either way")

@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.backends.models import DEVICE_PATTERN, is_random_weights, model_ref, pick_device, resolve_model
+from curation.core.config_change import RUN_ONLY
 from curation.core.stage import ModelRef
 
 
@@ -43,8 +44,9 @@ class EmbedConfig(BaseModel):
     pretrained: str | None = Field(
         "laion2b_s34b_b79k", description="open_clip weights tag (or checkpoint file) for a built-in architecture "
         "name; ignored for hub ids, local directories and the other backends")
-    batch_size: int = Field(32, ge=1, description="images or texts per forward pass")
-    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto (CUDA when the worker has a GPU), cpu, cuda or cuda:N")
+    batch_size: int = Field(32, ge=1, json_schema_extra=RUN_ONLY, description="images or texts per forward pass")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, json_schema_extra=RUN_ONLY,
+                        description="auto (CUDA when the worker has a GPU), cpu, cuda or cuda:N")
 
     @model_validator(mode="before")
     @classmethod

@@ -25,6 +25,7 @@ from curation.backends.usage import VLMError, VLMUsage
 from curation.backends.vlm_base import Completion, EmptyResponse, VLMBackend, VLMReply, VLMRequest, image_mime, short
 from curation.backends.vlm_gemini import GeminiVLM
 from curation.backends.vlm_openai import OpenAIVLM
+from curation.core.config_change import RUN_ONLY
 
 # Reason prefix of an answer that carries no image (Gemini answered in text, or refused).
 NO_IMAGE = "image_edit_no_image"
@@ -51,7 +52,7 @@ class ImageEditConfig(TransportConfig):
     size: str | None = Field(
         None, pattern=r"^(auto|\d+x\d+)$",
         description="openai only: output WIDTHxHEIGHT or auto; None = the API's default")
-    usd_per_image: float = Field(0.0, ge=0, description="price of one returned image (cost, budget)")
+    usd_per_image: float = Field(0.0, ge=0, json_schema_extra=RUN_ONLY, description="price of one returned image (cost, budget)")
 
     @model_validator(mode="after")
     def _size_is_openai_only(self) -> ImageEditConfig:
@@ -71,6 +72,9 @@ class ImageEditRequest:
     prompt: str  # the edit instruction
     image: bytes  # the source image, encoded (JPEG/PNG/WebP)
     cache_salt: str = ""  # e.g. the prompt template's hash; part of the cache key
+    # openai only: an RGBA PNG of the image's size whose transparent pixels are where the edit may
+    # paint (images.edit `mask`); it travels as a second image, so it is part of the cache key too
+    mask: bytes | None = None
 
 
 @dataclass
@@ -107,7 +111,8 @@ class ImageEditor(VLMBackend):
         """All requests concurrently (bounded by max_in_flight and the rate limit), results in
         input order. A per-request failure is returned as a VLMError, never raised."""
         replies = self.generate_many(
-            [VLMRequest(r.prompt, [r.image], EditedImage, self._salt(r.cache_salt)) for r in requests])
+            [VLMRequest(r.prompt, [r.image] if r.mask is None else [r.image, r.mask], EditedImage, self._salt(r.cache_salt))
+             for r in requests])
         return [self._edit_reply(reply) for reply in replies]
 
     def _salt(self, cache_salt: str) -> str:
@@ -146,9 +151,11 @@ class OpenAIImageEditor(ImageEditor, OpenAIVLM):
         _ = self._client.images  # import the resource module now, not inside the first request
 
     async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:
-        (image,) = images
+        image, *mask = images
         mime = image_mime(image)
         options: dict[str, Any] = {"size": self.cfg.size} if self.cfg.size else {}
+        if mask:
+            options["mask"] = ("mask.png", mask[0], "image/png")
         response = await self._client.images.edit(
             model=self.cfg.model, image=(f"image.{mime.split('/')[1]}", image, mime), prompt=prompt, n=1, **options)
         usage = response.usage

@@ -27,6 +27,7 @@ TINY_BUILDERS: dict[str, str] = {
     "qwen2-vl": "curation.backends.tiny_vlm:build_tiny_qwen2_vl",
     "grounding-dino": "curation.backends.tiny_vision:build_tiny_grounding_dino",
     "sam2": "curation.backends.tiny_vision:build_tiny_sam2",
+    "sam2-video": "curation.backends.video_segment:build_tiny_sam2_video",
     "qwen-image-edit": "curation.backends.diffusers_edit:build_tiny_qwen_image_edit",
     "instruct-pix2pix": "curation.backends.diffusers_edit:build_tiny_instruct_pix2pix",
     "clip": "curation.backends.tiny_clip:build_tiny_clip",

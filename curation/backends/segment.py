@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation.backends.detect import Box
 from curation.backends.models import DEVICE_PATTERN, pick_device, resolve_model
+from curation.core.config_change import RUN_ONLY
 
 # family -> (transformers model class, processor class, the checkpoint `model_type`s it loads).
 # facebook/sam3 is published as one sam3_video checkpoint; Sam3TrackerModel takes its tracker part.
@@ -37,9 +38,10 @@ class SegmenterConfig(BaseModel):
 
     family: Literal["sam2", "sam3"] = Field("sam2", description="sam2 (Sam2Model) or sam3 (Sam3TrackerModel: SAM 3, box prompts)")
     model: str = Field("facebook/sam2.1-hiera-tiny", description="hub id, local directory or tiny:sam2; a checkpoint of `family`")
-    batch_size: int = Field(8, ge=1, description="images per forward pass (all boxes of an image go together)")
+    batch_size: int = Field(8, ge=1, json_schema_extra=RUN_ONLY, description="images per forward pass (all boxes of an image go together)")
     mask_threshold: float = Field(0.0, description="mask logit above which a pixel is inside (SAM's own 0.0)")
-    device: str = Field("auto", pattern=DEVICE_PATTERN, description="auto (CUDA when the worker has a GPU), cpu, cuda or cuda:N")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, json_schema_extra=RUN_ONLY,
+                        description="auto (CUDA when the worker has a GPU), cpu, cuda or cuda:N")
 
 
 class BoxSegmenter:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
 from curation.backends.models import cache_root
+from curation.core.config_change import RUN_ONLY
 
 
 class TransportConfig(BaseModel):
@@ -30,21 +31,26 @@ class TransportConfig(BaseModel):
     model: str = Field(description="the model's name at the API (e.g. gpt-4.1-mini, gpt-image-1.5); "
                                    "the local VLM: a hub id, a local path or tiny:qwen2-vl")
     base_url: str | None = Field(
-        None, description="OpenAI-compatible endpoint (e.g. http://host:8000/v1) or a Gemini base URL override")
+        None, json_schema_extra=RUN_ONLY, description="OpenAI-compatible endpoint (e.g. http://host:8000/v1) or a Gemini base URL override")
     api_key_env: str | None = Field(
-        None, description="NAME of the env var holding the API key. Unset: openai sends 'EMPTY' (keyless "
+        None, json_schema_extra=RUN_ONLY, description="NAME of the env var holding the API key. Unset: openai sends 'EMPTY' (keyless "
                           "vLLM/SGLang), gemini lets the SDK read GEMINI_API_KEY/GOOGLE_API_KEY")
-    max_in_flight: int = Field(8, ge=1, description="requests in flight at once, per worker")
+    max_in_flight: int = Field(8, ge=1, json_schema_extra=RUN_ONLY, description="requests in flight at once, per worker")
     requests_per_minute: float | None = Field(
-        None, gt=0, description="paced evenly; for all workers of a VLM stage together (a Ray actor holds it), "
+        None, gt=0, json_schema_extra=RUN_ONLY, description="paced evenly; for all workers of a VLM stage together (a Ray actor holds it), "
                                 "else per process; None = unlimited")
-    max_retries: int = Field(4, ge=0, description="retries on 429/5xx/timeouts/connection errors/empty responses")
-    timeout_s: float = Field(60.0, gt=0, description="per HTTP request")
-    backoff_initial_s: float = Field(1.0, ge=0, description="first backoff ceiling; doubles per retry (full jitter)")
-    backoff_max_s: float = Field(30.0, ge=0, description="largest backoff ceiling (a Retry-After may ask for longer)")
-    cache: bool = Field(True, description="reuse stored responses (answers, edited images) for identical requests")
+    max_retries: int = Field(4, ge=0, json_schema_extra=RUN_ONLY,
+                             description="retries on 429/5xx/timeouts/connection errors/empty responses")
+    timeout_s: float = Field(60.0, gt=0, json_schema_extra=RUN_ONLY, description="per HTTP request")
+    backoff_initial_s: float = Field(1.0, ge=0, json_schema_extra=RUN_ONLY,
+                                     description="first backoff ceiling; doubles per retry (full jitter)")
+    backoff_max_s: float = Field(30.0, ge=0, json_schema_extra=RUN_ONLY,
+                                 description="largest backoff ceiling (a Retry-After may ask for longer)")
+    cache: bool = Field(True, json_schema_extra=RUN_ONLY,
+                        description="reuse stored responses (answers, edited images) for identical requests")
     cache_dir: str | None = Field(
-        None, description="response cache (path or URI); None = <CURATE_CACHE>/vlm, or <CURATE_CACHE>/image_edit for image edits")
+        None, json_schema_extra=RUN_ONLY,
+        description="response cache (path or URI); None = <CURATE_CACHE>/vlm, or <CURATE_CACHE>/image_edit for image edits")
     image_max_side: int | None = Field(1024, ge=16, description="shrink larger input images (aspect kept); None = as is")
 
     def cache_location(self) -> str:

@@ -41,6 +41,7 @@ from curation.backends.transport import TransportConfig
 from curation.backends.usage import VLMError, VLMUsage
 from curation.backends.vllm_server import VLLMServerConfig
 from curation.backends.vlm_cache import VLMCache, cache_key
+from curation.core.config_change import RUN_ONLY
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class VLMConfig(TransportConfig):
     backend: Literal["openai", "gemini", "local", "vllm"] = Field(
         description="openai (OpenAI, vLLM, SGLang), gemini, local (transformers), or vllm (servers the run starts)")
     tokens_per_minute: float | None = Field(
-        None, gt=0, description="prompt + output, for all workers of the stage together; None = unlimited")
+        None, gt=0, json_schema_extra=RUN_ONLY, description="prompt + output, for all workers of the stage together; None = unlimited")
     temperature: float = Field(0.0, ge=0, description="sampling temperature; 0 = greedy")
     top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling (all backends); None: the server's default")
     top_k: int | None = Field(None, ge=1, description="top-k sampling: gemini and local natively; openai sends it as a "
@@ -73,17 +74,20 @@ class VLMConfig(TransportConfig):
                                 "output limit is max_tokens + thinking_budget, since Gemini counts thoughts against it. "
                                 "None: the model's default budget, which then shares max_tokens with the answer")
     pricing: Literal["hosted", "self_hosted"] | None = Field(
-        None, description="hosted: a paid API (or a paid proxy), priced from config/prices.yaml; self_hosted: your own "
+        None, json_schema_extra=RUN_ONLY,
+        description="hosted: a paid API (or a paid proxy), priced from config/prices.yaml; self_hosted: your own "
                           "server, priced at 0 and keyless unless api_key_env's variable is set. None: self_hosted for "
                           "the local and vllm backends, hosted for openai and gemini. Declared, never guessed from base_url")
     usd_per_mtok_input: float | None = Field(
-        None, ge=0, description="price per million prompt tokens (cost, budget); None: from `pricing`")
+        None, ge=0, json_schema_extra=RUN_ONLY, description="price per million prompt tokens (cost, budget); None: from `pricing`")
     usd_per_mtok_output: float | None = Field(
-        None, ge=0, description="price per million output tokens, thinking included (cost, budget); None: from `pricing`")
-    device: str = Field("auto", pattern=DEVICE_PATTERN, description="local only: auto|cpu|cuda|cuda:N")
+        None, ge=0, json_schema_extra=RUN_ONLY,
+        description="price per million output tokens, thinking included (cost, budget); None: from `pricing`")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, json_schema_extra=RUN_ONLY, description="local only: auto|cpu|cuda|cuda:N")
     dtype: str = Field("auto", description="local only: auto (bf16 on GPU, fp32 on CPU) or a torch dtype name")
-    local_batch_size: int = Field(8, ge=1, description="local only: requests per batched generate()")
-    server: VLLMServerConfig | None = Field(None, description="vllm only: the servers the run starts (None: defaults)")
+    local_batch_size: int = Field(8, ge=1, json_schema_extra=RUN_ONLY, description="local only: requests per batched generate()")
+    server: VLLMServerConfig | None = Field(None, json_schema_extra=RUN_ONLY,
+                                            description="vllm only: the servers the run starts (None: defaults)")
 
     @model_validator(mode="after")
     def _extra_body_needs_openai(self) -> VLMConfig:
@@ -401,6 +405,25 @@ class VLMBackend(ABC):
         if result.parsed is None:
             raise VLMError(result.error or "invalid_json: no parsed output", result.usage)
         return result.parsed, result.raw, result.usage
+
+    def probe(self) -> str:
+        """Ask the endpoint whether it answers and serves `cfg.model`, generating nothing and
+        spending nothing (`curate run --dry-run`). Returns what it said, in a few words; raises
+        VLMError naming what is wrong (the key variable unset, the endpoint down or refusing the
+        key, the model not served)."""
+        async def ask() -> str:
+            await self._ensure_open()
+            return await self._probe()
+
+        try:
+            return self._loop().run(ask())
+        except VLMError:
+            raise
+        except Exception as e:  # whatever the client raised, classified as a request's failure would be
+            raise VLMError(self._scrub(self._failure(e).reason)) from e
+
+    async def _probe(self) -> str:
+        raise NotImplementedError(f"the {self.backend} backend has no endpoint to ask")
 
     def close(self) -> None:
         """Release clients and stop the loop thread; a later call starts afresh."""

@@ -64,6 +64,11 @@ class GeminiVLM(VLMBackend):
     async def _aclose(self) -> None:
         await self._client.aio.aclose()
 
+    async def _probe(self) -> str:
+        """`GET models/<model>`: the endpoint answers, accepts the key, and knows the model."""
+        await self._client.aio.models.get(model=self.cfg.model)  # a model it does not know is an HTTP 404
+        return f"answers; serves {self.cfg.model}"
+
     async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:
         from google.genai import types
 

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from curation.backends.limits import Failure, parse_retry_after, status_failure
+from curation.backends.usage import VLMError
 from curation.backends.vlm_base import Completion, EmptyResponse, VLMBackend, image_mime, json_schema_of, short
 
 
@@ -90,6 +91,14 @@ class OpenAIVLM(VLMBackend):
 
     async def _aclose(self) -> None:
         await self._client.close()
+
+    async def _probe(self) -> str:
+        """`GET /models`: the endpoint answers, accepts the key, and lists the model."""
+        served = [m.id async for m in self._client.models.list()]
+        if served and self.cfg.model not in served:
+            shown = ", ".join(served[:5]) + (" ..." if len(served) > 5 else "")
+            raise VLMError(f"model_not_served: {self.cfg.model} is not among the {len(served)} models it serves ({shown})")
+        return f"answers; serves {self.cfg.model}"
 
     async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:
         return await self._complete(self._client, prompt, images, schema, images_first)

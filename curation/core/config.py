@@ -184,6 +184,7 @@ class _Cluster(BaseModel):
     address: str | None = None
     num_cpus: int | None = Field(None, gt=0)
     namespace: str
+    dashboard: StrictBool = False
 
 
 class RunKeys(BaseModel):
@@ -193,6 +194,7 @@ class RunKeys(BaseModel):
     model_config = ConfigDict(extra="ignore")  # stage blocks and groups are validated by their own models
 
     retry_errors: StrictBool
+    on_change: Literal["stop", "recompute", "keep"]
     stream: StrictBool
     progress: StrictBool
     budget: _Budget

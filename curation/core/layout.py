@@ -3,6 +3,8 @@ the auditors' tools and a stage that writes beside its manifest agree on every n
 
     <run_dir>/
       _summary.json                 the last `curate run`'s per-stage counts and funnel
+      _spend.json                   what paid API calls cost so far, all stages and attempts (budget.py)
+      _replaced/<time>/NN-<stage>/  stage outputs a rerun with on_change=recompute moved aside
       01-ingest/
         _input/part-*.parquet       a source stage's listing (kind=source rows), made on its first run
         part-*.parquet              the manifest: one part per input fragment, written atomically
@@ -19,6 +21,8 @@ from curation.core import storage
 
 RUN_JSON = "_run.json"
 SUMMARY_JSON = "_summary.json"
+SPEND_JSON = "_spend.json"
+REPLACED_DIR = "_replaced"
 INPUT_DIR = "_input"  # a source stage's listing, the root of every lineage
 MEDIA_DIR = "media"  # a stage's content-addressed media files
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow.compute as pc
 from omegaconf import DictConfig, OmegaConf
 
-from curation.core import layout, storage
+from curation.core import config_change, layout, storage
 from curation.core.stage import Stage
 
 
@@ -36,6 +36,14 @@ def git_sha() -> str | None:
 
 def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_spend(run_dir: str) -> dict[str, Any] | None:
+    """What a run's paid API calls cost so far, over every stage and attempt, as the spend ledger
+    (curation/backends/budget.py) last wrote it: `spent_usd`, `by_stage`, `updated_at`. None:
+    nothing recorded."""
+    path = storage.join(run_dir, layout.SPEND_JSON)
+    return storage.read_json(path) if storage.exists(path) else None
 
 
 def reason_key(reason: str | None) -> str:
@@ -80,6 +88,8 @@ class RunRecord:
             "config": config,
             "config_hash": config_hash(config),
             "stage_config": stage.model_dump(mode="json"),
+            # What each part of this attempt records (config_change.py): code version and output-deciding keys.
+            "stage_config_hash": config_hash(config_change.fingerprint(stage)),
             "model_ids": {role: ref.display for role, ref in models.items()},
             # Loud on purpose: outputs of tiny random models (`models=tiny`) are meaningless.
             "random_weights": sorted(role for role, ref in models.items() if ref.random_weights),
@@ -104,6 +114,7 @@ class RunRecord:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "git_sha": self.record["git_sha"],
             "config_hash": self.record["config_hash"],
+            "stage_config_hash": self.record["stage_config_hash"],
             "processed": processed,
             "wall_s": round(wall_s, 3),
             "fragments": {"done": done_fragments, "skipped_complete": skipped_fragments},

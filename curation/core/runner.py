@@ -20,9 +20,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from curation.core import layout, storage
+from curation.core import config_change, layout, run_logs, storage
 from curation.core.config import build_stage, compose, needs_cluster_facts, pipelines, validate
-from curation.core.ray_env import init_ray
+from curation.core.ray_env import check_dashboard, init_ray
 from curation.core.resources import Cluster, cpu_fallback_warnings, plan_chains
 from curation.core.runinfo import RunRecord, count_outcomes
 from curation.core.stage import Resources, SinkContext, SinkStage, Stage, get_stage_class, stage_kind, stage_names
@@ -62,9 +62,10 @@ def compose_for_cluster(overrides: list[str]) -> DictConfig:
 # --------------------------------------------------------------------------------------------
 
 
-def preflight(cfg: DictConfig) -> list[Stage]:
+def preflight(cfg: DictConfig, changes_allowed: bool = False) -> list[Stage]:
     """Everything a run can get wrong without running: each value (`validate`), the output, the
-    input the first stage reads, and each stage's optional packages. Raises ValueError with one
+    input the first stage reads, each stage's optional packages, and finished parts made with
+    another config (unless `changes_allowed`: a dry run reports them). Raises ValueError with one
     line naming the key or path and what would work; reads only, so a failed check leaves no
     Ray session and no output directory. Returns the built stages."""
     if not cfg.stages:
@@ -72,12 +73,50 @@ def preflight(cfg: DictConfig) -> list[Stage]:
     if cfg.output is None:
         raise ValueError("give output=<run dir>")
     stages = validate(cfg)
+    check_dashboard(cfg.cluster)
     _check_input(cfg, stages[0])
     for stage in stages:
         for module, how in stage.required_modules().items():
             if find_spec(module) is None:  # found, not imported: torch-sized packages stay off the driver
                 raise ValueError(f"stage {stage.name} needs the {module!r} package, which is not installed: {how}")
+    if not changes_allowed:
+        changes = config_change.find_changes(stages, planned_stage_dirs(cfg))
+        if changes and cfg.on_change == "stop":
+            raise ValueError(config_change.refusal(changes, run_dir_of(cfg)))
     return stages
+
+
+def run_dir_of(cfg: DictConfig) -> str:
+    return cfg.output if "://" in cfg.output else os.path.abspath(cfg.output)
+
+
+def planned_stage_dirs(cfg: DictConfig) -> list[str]:
+    """The directory each stage of the run writes: existing ones are reused (resume)."""
+    run_dir = run_dir_of(cfg)
+    names = list(cfg.stages)
+    return layout.stage_dirs_for(run_dir, names) if len(names) > 1 else [layout.stage_dir_for(run_dir, names[0], None)]
+
+
+def _apply_on_change(cfg: DictConfig, stages: list[Stage]) -> None:
+    """What a rerun does about finished parts made with another stage config (config_change.py)."""
+    changes = config_change.find_changes(stages, planned_stage_dirs(cfg))
+    if not changes:
+        return
+    if cfg.on_change == "stop":
+        raise ValueError(config_change.refusal(changes, run_dir_of(cfg)))
+    if cfg.on_change == "keep":
+        for change in changes:
+            log.warning("on_change=keep: %s; they are kept, new parts use this run's config", change.describe())
+        return
+    by_name = {stage.name: stage for stage in stages}
+
+    def outputs_of(name: str) -> list[str]:
+        stage = by_name.get(name) or build_stage(name, cfg)
+        return stage.outputs_outside(run_dir_of(cfg))
+
+    first = min(changes, key=lambda c: c.stage_dir)
+    log.warning("on_change=recompute: %s", first.describe())
+    config_change.move_aside(run_dir_of(cfg), first.stage_dir, outputs_of)
 
 
 def _check_input(cfg: DictConfig, first: Stage) -> None:
@@ -192,12 +231,10 @@ def run_stage(name: str, cfg: DictConfig, input_uri: str | None, stage_dir: str)
 def run(cfg: DictConfig) -> list[StageResult]:
     """Run `cfg.stages` in order; each stage reads the previous one's manifest. Consecutive map
     stages stream through one plan unless `stream=false` (or `retry_errors=true`, which redoes
-    one stage's error rows at a time)."""
-    if not cfg.stages:
-        raise ValueError("nothing to run: give stage=<name> or pipeline=<name> (see `curate stages`)")
-    if cfg.output is None:
-        raise ValueError("give output=<run dir>")
-    run_dir = cfg.output if "://" in cfg.output else os.path.abspath(cfg.output)
+    one stage's error rows at a time). Everything `preflight` checks is checked first, so a call
+    from Python fails as fast as `curate run` does, before Ray starts."""
+    _apply_on_change(cfg, preflight(cfg, changes_allowed=True))
+    run_dir = run_dir_of(cfg)
     init_ray(cfg.cluster)
     cluster = Cluster.current()
     if needs_cluster_facts(cfg) and cluster.gpus:
@@ -206,7 +243,7 @@ def run(cfg: DictConfig) -> list[StageResult]:
                     cluster.gpus)
     names = list(cfg.stages)
     pipeline = len(names) > 1
-    dirs = layout.stage_dirs_for(run_dir, names) if pipeline else [layout.stage_dir_for(run_dir, names[0], None)]
+    dirs = planned_stage_dirs(cfg)
     results: list[StageResult] = []
     input_uri = cfg.input
     i = 0
@@ -230,6 +267,7 @@ def run(cfg: DictConfig) -> list[StageResult]:
         for result in done:
             if cfg.progress:
                 print_stage_summary(result)
+        run_logs.stage_finished(done)  # <run_dir>/logs/ so far (uploaded for an object-store run)
         results += done
         i += len(done)
         input_uri = dirs[i - 1]

@@ -49,6 +49,7 @@ MEDIA_KEY = b"curate.media"  # Arrow field metadata key of a media column; its v
 # The media columns stages declare: `frames: list[Jpeg] | None`, `mask_tgt: Png | None`.
 Jpeg = Annotated[bytes, Media("jpg")]
 Png = Annotated[bytes, Media("png")]
+Mp4 = Annotated[bytes, Media("mp4")]
 
 
 def media_ext(field: pa.Field) -> str | None:

@@ -20,6 +20,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from curation.core import layout, media_store, storage
+from curation.core.config_change import RUN_ONLY
+from curation.core.estimate import SpendEstimate
 from curation.core.media_store import MediaStore
 from curation.core.schema import SampleRow, Status, arrow_schema, make_sample_id, merge_schemas, rows_to_table
 
@@ -109,7 +111,7 @@ class Stage(BaseModel):
     # fails with that hint rather than a bare "unknown config key".
     renamed_keys: ClassVar[dict[str, str]] = {}
 
-    resources: Resources = Field(default_factory=Resources, description="Ray resources per worker")
+    resources: Resources = Field(default_factory=Resources, json_schema_extra=RUN_ONLY, description="Ray resources per worker")
 
     @model_validator(mode="before")
     @classmethod
@@ -138,6 +140,11 @@ class Stage(BaseModel):
         this stage makes are stored once under `stage_dir`. The runner calls it on the driver;
         the store travels to the workers with the stage."""
         self._media = MediaStore(run_dir=run_dir, stage_dir=stage_dir)
+
+    def outputs_outside(self, run_dir: str) -> list[str]:
+        """Directories this stage writes outside its stage directory (e.g. the shards): a rerun
+        that redoes the stage (`on_change=recompute`) moves them aside with it."""
+        return []
 
     def on_driver_start(self) -> None:
         """Runs once on the driver before any worker starts: create services the workers share
@@ -260,6 +267,17 @@ class Stage(BaseModel):
     def result_notes(cls, extra: dict[str, Any]) -> list[str]:
         """Lines (rich markup) the end-of-stage summary prints about this stage's `run_extra` facts."""
         return []
+
+    def api_check(self) -> str | None:
+        """For a stage that calls a remote API: ask its endpoint (key set, answers, serves the
+        model) without spending anything, and say what it answered; raise StageError with what is wrong.
+        None: the stage calls no API (`curate run --dry-run` prints "no API")."""
+        return None
+
+    def spend_estimate(self, stage_dir: str) -> SpendEstimate | None:
+        """For a paid stage: what one input row costs (measured on its parts in `stage_dir`, else
+        configured). None: the stage pays for nothing."""
+        return None
 
     def required_modules(self) -> dict[str, str]:
         """Optional packages this stage, as configured, imports on its workers: top-level module

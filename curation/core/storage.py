@@ -105,6 +105,23 @@ def upload_file(local_path: str, uri: str, attempts: int = 4, backoff_s: float =
             time.sleep(backoff_s * 2 ** (attempt - 1))
 
 
+def move_dir(src: str, dst: str) -> None:
+    """Move a directory tree. Object stores have no directories to rename, so there every file
+    is copied, then the source removed: a move killed half way leaves both copies, never neither."""
+    fs, src_path = resolve(src)
+    _, dst_path = resolve(dst)
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(dst_path.rpartition("/")[0], recursive=True)
+        fs.move(src_path, dst_path)
+        return
+    for info in fs.get_file_info(pafs.FileSelector(src_path, recursive=True)):
+        if info.type == pafs.FileType.File:
+            target = dst_path + info.path[len(src_path):]
+            fs.create_dir(target.rpartition("/")[0], recursive=True)
+            fs.copy_file(info.path, target)
+    fs.delete_dir(src_path)
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.core import layout, media_store, storage
+from curation.core import config_change, layout, media_store, storage
 from curation.core.resources import READ_TASK_CPUS, fit_to_cluster
 from curation.core.schema import PRIVATE_PREFIX, public_schema, rows_to_table
 from curation.core.stage import Resources, Stage
@@ -313,6 +313,7 @@ def finish_part(stage: Stage, parts: list[pa.Table], input_uri: str, output_uri:
         keep = pc.invert(pc.and_(pc.is_in(previous.column("sample_id"), value_set=retried),
                                  pc.equal(previous.column("status"), "error")))
         table = pa.concat_tables([previous.filter(keep), table], promote_options="permissive")
+    table = config_change.tag(table, stage)  # what a rerun compares its own config with
     storage.write_table_atomic(table, output_uri)
     return table
 

@@ -35,6 +35,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation.core.config_change import RUN_ONLY
+
 Vectors = np.ndarray | Sequence[np.ndarray]  # (n, d) float rows, or fragments of them in order
 PairBlock = tuple[np.ndarray, np.ndarray, np.ndarray]  # query index, base index (int64), cosine (float32)
 
@@ -69,7 +71,7 @@ class SearchConfig(BaseModel):
     block_rows: int = Field(4096, ge=1, description="rows per float32 block in matrix products and faiss calls")
     task_rows: int = Field(65_536, ge=1, description="semantic: probing rows per map_fn task")
     threads: int | None = Field(
-        None, ge=1, description="faiss OpenMP threads for k-means, assignment and faiss search (None: faiss's "
+        None, ge=1, json_schema_extra=RUN_ONLY, description="faiss OpenMP threads for k-means, assignment and faiss search (None: faiss's "
         "default, all cores); numpy's BLAS threads are the process's own")
     seed: int = Field(0, description="k-means sample and initialisation")
 

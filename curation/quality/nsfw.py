@@ -25,10 +25,7 @@ EXPOSED_CLASSES = (
     "ANUS_EXPOSED",
     "BUTTOCKS_EXPOSED",
 )
-NUDENET_INSTALL_NOTE = (
-    "--no-deps because nudenet requires opencv-python-headless, which shares cv2/ with our opencv-python and "
-    "breaks it; nudenet itself only needs onnxruntime and cv2, both already installed"
-)
+NUDENET_INSTALL_NOTE = "the `nsfw` extra pins it: pip install 'curation[nsfw]'"
 
 
 class NsfwConfig(BaseModel):
@@ -57,7 +54,7 @@ def nude_detector(threads: int = 1) -> Any:
     NudeDetector takes no session options, so its ONNX session is rebuilt with `threads` intra-op
     threads (0: ONNX Runtime's default, every core).
     """
-    nudenet = require("nudenet", install="--no-deps nudenet", check="nsfw", why=NUDENET_INSTALL_NOTE)
+    nudenet = require("nudenet", install="nudenet", check="nsfw", why=NUDENET_INSTALL_NOTE)
     import onnxruntime
 
     model_path = str(Path(nudenet.__file__).parent / "320n.onnx")  # NudeDetector's default model, in the wheel

@@ -8,32 +8,48 @@ answer did not fit its schema, and returns the final reply and the summed usage 
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow.compute as pc
 from pydantic import Field, PrivateAttr
 
 from curation.backends.budget import Budget, create_ledger
+from curation.backends.image_edit import ImageEditConfig, make_image_editor
 from curation.backends.limits import create_rate_ledger
 from curation.backends.models import model_ref
+from curation.backends.pricing import token_price
 from curation.backends.vllm_pool import ServerPool, acquire_servers, release_servers
 from curation.backends.vllm_server import VLLMServerConfig
 from curation.backends.vlm import VLMBackend, VLMConfig, VLMError, VLMReply, VLMRequest, VLMUsage, make_vlm
-from curation.core import storage
-from curation.core.stage import ModelRef, Stage
+from curation.core import layout, storage
+from curation.core.config_change import RUN_ONLY
+from curation.core.estimate import ExpectedUse, SpendEstimate, measured_use
+from curation.core.stage import ModelRef, Stage, StageError
 from curation.prompts.templates import PromptTemplate
 
+log = logging.getLogger(__name__)
+REMOTE_BACKENDS = ("openai", "gemini")  # backends that call an endpoint someone else runs
 Reply = VLMReply | VLMError
 
 
 class BudgetedStage(Stage):
-    """A stage that pays for API calls: one spend total (`budget.max_usd`) and one request and
-    token rate (`rate_limits`) for all its workers, each held by a named Ray actor."""
+    """A stage that pays for API calls: one spend total for the whole run (`budget.max_usd`, kept
+    in `<run_dir>/_spend.json` across stages and attempts) and one request and token rate
+    (`rate_limits`) for all its workers, each held by a named Ray actor."""
 
-    max_usd: float | None = Field(None, ge=0, description="stop sending requests once the estimated spend reaches this (top-level "
-                                                          "`budget.max_usd`)")
+    max_usd: float | None = Field(None, ge=0, json_schema_extra=RUN_ONLY,
+                                  description="stop sending requests once the run's spend reaches this (top-level "
+                                              "`budget.max_usd`)")
+
+    expected: ExpectedUse = Field(default_factory=ExpectedUse, json_schema_extra=RUN_ONLY,
+                                  description="what one input row costs until a part is measured (--dry-run's estimate)")
+
+    # The column whose per-row usage (`VLMUsage`) measures what a row cost.
+    usage_column: ClassVar[str] = "vlm_usage"
 
     _ledger_name: str | None = PrivateAttr(default=None)
     _ledger: Any = PrivateAttr(default=None)
@@ -45,17 +61,40 @@ class BudgetedStage(Stage):
         return None, None
 
     def budget(self) -> Budget | None:
-        """The worker's view of the shared ledger (None: no cap)."""
-        return Budget(self.max_usd, self._ledger_name) if self.max_usd is not None else None
+        """The worker's view of the run's ledger: counts spend, and caps it when `max_usd` is set.
+        None without Ray and without a cap."""
+        if self._ledger_name is None and self.max_usd is None:
+            return None
+        return Budget(self.max_usd, self._ledger_name, stage=self.name)
+
+    def usd_per_request(self, prompt_tokens: float, completion_tokens: float) -> float | None:
+        """What one request with these tokens costs; None: no known price."""
+        raise NotImplementedError
+
+    def spend_estimate(self, stage_dir: str) -> SpendEstimate:
+        parts = layout.manifest_parts(stage_dir)
+        usages: list[dict | None] = []
+        if parts:
+            table = storage.read_table(stage_dir, columns=[self.usage_column])
+            if self.usage_column in table.column_names:
+                usages = table.column(self.usage_column).to_pylist()
+        source, rows, use = measured_use(usages, self.expected)
+        return SpendEstimate(source=source, measured_rows=rows, requests_per_row=use.requests_per_row,
+                             prompt_tokens=use.prompt_tokens, completion_tokens=use.completion_tokens,
+                             usd_per_request=self.usd_per_request(use.prompt_tokens, use.completion_tokens))
 
     def on_driver_start(self) -> None:
-        """One spend total and one rate for all workers: named Ray actors, owned by the driver.
-        Without Ray there is one process, whose own limiter holds the rate."""
+        """One spend total per run and one rate for all workers: named Ray actors, owned by the
+        driver. Without Ray there is one process, whose own limiter holds the rate."""
         import ray
 
         if not ray.is_initialized():
             return
-        if self.max_usd is not None:
+        run_dir = self._media.run_dir if self._media is not None else None
+        if run_dir is not None:  # every paid stage of the run shares it, and its file
+            self._ledger_name = f"curate-spend-{hashlib.sha1(run_dir.encode()).hexdigest()[:16]}"
+            self._ledger = create_ledger(self._ledger_name, storage.join(run_dir, layout.SPEND_JSON))
+        elif self.max_usd is not None:  # a stage run outside a run directory: its own total
             self._ledger_name = f"curate-vlm-ledger-{uuid.uuid4().hex[:12]}"
             self._ledger = create_ledger(self._ledger_name)
         requests, tokens = self.rate_limits()
@@ -64,12 +103,18 @@ class BudgetedStage(Stage):
             self._rate_ledger = create_rate_ledger(self._rate_ledger_name, requests, tokens)
 
     def on_driver_end(self) -> None:
-        for attr in ("_ledger", "_rate_ledger"):
-            if getattr(self, attr) is not None:
-                import ray
+        import ray
 
-                ray.kill(getattr(self, attr))
-                setattr(self, attr, None)
+        if self._ledger is not None:
+            # The run's ledger outlives the stage (the next paid stage adds to it): write its file now.
+            try:
+                ray.get(self._ledger.flush.remote())
+            except ray.exceptions.RayActorError as e:
+                log.warning("the spend ledger died before its last write: %s", e)
+            self._ledger = None
+        if self._rate_ledger is not None:
+            ray.kill(self._rate_ledger)
+            self._rate_ledger = None
 
     def __getstate__(self) -> dict[str, Any]:
         # The ledger handle and loaded models/clients stay where they were made; workers get the
@@ -116,6 +161,20 @@ class VLMStage(BudgetedStage):
 
     def rate_limits(self) -> tuple[float | None, float | None]:
         return self.vlm.requests_per_minute, self.vlm.tokens_per_minute
+
+    def usd_per_request(self, prompt_tokens: float, completion_tokens: float) -> float | None:
+        cfg = self.vlm
+        price = token_price(cfg.model, cfg.pricing, cfg.usd_per_mtok_input, cfg.usd_per_mtok_output)
+        return None if price is None else price.usd(prompt_tokens, completion_tokens)
+
+    def api_check(self) -> str | None:
+        if self.vlm.backend not in REMOTE_BACKENDS:
+            return None  # a local model, or vLLM servers the run itself starts
+        with make_vlm(self.vlm) as backend:
+            try:
+                return backend.probe()
+            except VLMError as e:
+                raise StageError(e.reason) from None
 
     def setup(self) -> None:
         self._backend = make_vlm(self.vlm, self.budget())
@@ -191,6 +250,18 @@ class VLMStage(BudgetedStage):
             notes.append(f"[bold red]BUDGET EXHAUSTED:[/] {vlm['budget_exhausted']} sample(s) were not sent "
                          "(status=error, reason budget_exhausted). Raise budget.max_usd and rerun with retry_errors=true.")
         return notes
+
+
+def image_edit_check(api: ImageEditConfig | None) -> str | None:
+    """`api_check` of a stage that pays an image-edit API (reference, erase): its endpoint asked,
+    nothing generated; None without one."""
+    if api is None:
+        return None
+    with make_image_editor(api) as editor:
+        try:
+            return editor.probe()
+        except VLMError as e:
+            raise StageError(e.reason) from None
 
 
 def unpriced_warning(model: str, usage: VLMUsage) -> str:

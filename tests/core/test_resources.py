@@ -13,7 +13,8 @@ from curation.core.resources import Cluster, cpu_fallback_warnings, fit_to_clust
 from curation.core.stage import Resources, registry
 
 # Stages whose packaged defaults run a local model a GPU speeds up (models=real, vlm=local).
-MODEL_STAGES = {"annotate", "caption", "edit_score", "score_reference", "ground", "ground_edit", "embed", "dedup"}
+MODEL_STAGES = {"annotate", "caption", "edit_score", "score_reference", "ground", "ground_edit", "embed", "dedup",
+                "choose_subject", "mask_video", "check_removal", "erasure_instructions"}
 
 
 def test_print_config_resources_gpu_gives_every_model_stage_a_gpu_share():
@@ -21,7 +22,7 @@ def test_print_config_resources_gpu_gives_every_model_stage_a_gpu_share():
     assert result.exit_code == 0, result.output
     cfg = OmegaConf.create(result.output)
     assert cfg.resources == "gpu"
-    for name in MODEL_STAGES | {"scene_split", "reference"}:
+    for name in MODEL_STAGES | {"scene_split", "reference", "erase"}:  # the last three drop it for their offline backends
         assert cfg[name].resources.num_gpus > 0, name
     for name in registry():
         assert cfg[name].resources.concurrency[1] is None, name  # grows to what the cluster holds

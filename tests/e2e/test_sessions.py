@@ -79,7 +79,10 @@ def test_sessions_pipeline_writes_manifests_shards_and_run_records(example_run):
         assert row["camera_motion_raw"] in ("static", "pan-left", "pan-right", "tilt-up", "tilt-down", "zoom-in", "zoom-out",
                                             "undetermined")
         if row["source_uri"].endswith("testvideo.mp4"):
-            assert row["status"] == "dropped" and row["reason"].startswith("text_overlay: text area 0.05")
+            # the line measures 0.054-0.057 of the frame with the old PP-OCRv4 detector, 0.057-0.066
+            # with rapidocr 3.10's PP-OCRv6 (bench/headless_opencv.py)
+            assert row["status"] == "dropped" and row["reason"].startswith("text_overlay: text area 0.0")
+            assert 0.04 < dict(row["scores"])["text_area"] < 0.09
     kept_clips = [r for r in checked if r["status"] == "ok"]
     assert kept_clips and all(dict(r["scores"])["motion_px_per_s"] >= 0.3 for r in kept_clips)
 

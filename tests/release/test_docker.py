@@ -5,8 +5,9 @@
 - The image installs what pyproject.toml requires: the project with every extra that
   scripts/setup.sh installs (less `dev`; through docker/skeleton.py's empty copy of the project, so
   dependencies sit in a layer keyed on pyproject.toml), torch/torchvision at pyproject's exact pins
-  from a PyTorch CUDA index that matches the base image, NudeNet as setup.sh installs it, and any
-  other pin it adds inside pyproject's ranges.
+  from a PyTorch CUDA index that matches the base image (NudeNet with the extras, OpenCV only as
+  opencv-python-headless, no GUI libraries from apt), and any other pin it adds inside pyproject's
+  ranges.
 - It builds curate from every folder pyproject.toml packages (adapters and prompt templates are
   package data; nothing is copied into site-packages by hand) and checks at build time that they
   are found and that no top-level `stages` imports.
@@ -312,14 +313,26 @@ def test_other_pins_in_the_image_fall_in_pyproject_ranges(instrs, pyproject):
                 f"the Dockerfile pins {name}=={version}, outside pyproject.toml's {project[name]}")
 
 
-def test_nudenet_installed_as_setup_sh_does(instrs):
-    m = re.search(r"pip install --no-deps '?nudenet==([\w.]+)", (ROOT / "scripts" / "setup.sh").read_text())
-    assert m, "scripts/setup.sh no longer installs nudenet with --no-deps"
+def test_nudenet_comes_with_the_extras_and_opencv_is_headless(instrs, pyproject):
+    # NudeNet is in the `nsfw` extra (in `all`) and resolves with everything else: neither
+    # scripts/setup.sh nor the image installs it on the side, and nothing asks for the GUI build of
+    # OpenCV, whose cv2/ would collide with opencv-python-headless's.
+    assert "nudenet" in {canonicalize_name(r.name) for r in _resolve_extras(pyproject, _setup_sh_extras())}, "`all` lost nudenet"
+    assert not re.search(r"pip install[^\n]*nudenet", (ROOT / "scripts" / "setup.sh").read_text()), (
+        "scripts/setup.sh installs nudenet on its own again; it comes with the `all` extra")
     for args in pip_installs(instrs, arg_defaults(instrs)):
-        if f"nudenet=={m[1]}" in install_targets(args):
-            assert "--no-deps" in args, "nudenet without --no-deps would pull opencv-python-headless over our cv2"
-            return
-    pytest.fail(f"the Dockerfile does not install nudenet=={m[1]} (pip install --no-deps, as scripts/setup.sh)")
+        assert not any(canonicalize_name(Requirement(t).name) == "nudenet" for t in install_targets(args)
+                       if not PROJECT_TARGET.match(t)), "the Dockerfile installs nudenet on its own; it comes with [all]"
+    every = [Requirement(s) for s in pyproject["project"]["dependencies"]] + _resolve_extras(
+        pyproject, set(pyproject["project"]["optional-dependencies"]))
+    gui = {"opencv-python", "opencv-contrib-python", "scenedetect", "rapidocr-onnxruntime"}  # the last two require opencv-python
+    assert not [str(r) for r in every if canonicalize_name(r.name) in gui]
+
+
+def test_image_installs_no_gui_libraries(instrs):
+    apt = " ".join(rest for word, rest in instrs if word == "RUN" and "apt-get install" in rest)
+    for lib in ("libgl1", "libglib2.0", "libgtk", "libsm6", "libxext6", "libxrender"):
+        assert lib not in apt, f"the image installs {lib}: cv2 is opencv-python-headless and needs no GUI library"
 
 
 def test_image_checks_the_imports_setup_sh_checks(instrs, pyproject):

@@ -93,6 +93,19 @@ def test_object_mode_makes_a_quad_whose_reference_is_the_cutout(cat):
     assert out["reference_usage"] is None
 
 
+def test_only_categories_passes_the_other_rows_on_unchanged(cat):
+    # pipeline=erasure: only the add direction gets a reference; a remove triplet has no grounding
+    # and must reach the shards as it came, not as a not_grounded error.
+    add = dict(cat, category="local_add", status="ok")
+    remove = dict(grounded_row("chelsea.png", None), sample_id="remove-1", category="local_remove", status="ok")
+    quad, passed = run([add, remove], only_categories=["local_add"])
+    assert quad["status"] == "ok" and quad["kind"] == "quad", quad["reason"]
+    assert passed["sample_id"] == "remove-1" and passed["status"] == "ok" and passed["kind"] == remove["kind"]
+    assert passed["reference"] is None and passed["stage"] == remove["stage"]
+    (unscoped,) = run([remove])  # without the scope the same row is the stage's to ground
+    assert unscoped["status"] == "error" and unscoped["reason"].startswith("not_grounded")
+
+
 def test_the_quad_id_is_deterministic(cat):
     assert run([cat])[0]["sample_id"] == run([cat])[0]["sample_id"]
 
