@@ -42,6 +42,10 @@ EDIT_SUCCESS = "edit_success"  # how fully the instruction was carried out
 OVER_EDITING = "over_editing"  # 10 = nothing changed beyond the instruction
 NATURALNESS = "naturalness"  # 10 = looks like a real, coherent photo / frame
 ARTIFACTS = "artifacts"  # 10 = no artifacts
+# ImVideoEdit's filter criteria (judge=imvideoedit): the overall is their combination (min by default).
+FAITHFULNESS = "faithfulness"  # the instruction carried out
+VISUAL_QUALITY = "visual_quality"  # clean and believable
+PRESERVATION = "preservation"  # what the instruction does not touch is unchanged
 REFERENCE_SCORE = "reference_score"  # 1-10 rating of a synthesized reference image
 SUB_SCORES: tuple[str, ...] = (EDIT_SUCCESS, OVER_EDITING, NATURALNESS, ARTIFACTS)
 
@@ -98,6 +102,17 @@ class EditJudgement(BaseModel):
     over_editing: JudgeValue = Field(description="0-10: 10 = nothing changed beyond what the instruction asks")
     naturalness: JudgeValue = Field(description="0-10: 10 = the edited image looks natural (lighting, shadows, scale)")
     artifacts: JudgeValue = Field(description="0-10: 10 = no artifacts (distortion, blur, seams, malformed parts)")
+
+
+class EditFilterJudgement(BaseModel):
+    """`edit_filter` (ImVideoEdit's data filter): its three criteria, each 0-10."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reasoning: str = Field(description="a short justification of the scores")
+    faithfulness: JudgeValue = Field(description="0-10: the instruction carried out, fully and correctly")
+    visual_quality: JudgeValue = Field(description="0-10: the edited image is clean and believable")
+    preservation: JudgeValue = Field(description="0-10: 10 = nothing changed that the instruction does not touch")
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,6 +294,13 @@ def judgement_overall(j: EditJudgement) -> float:
 def judgement_subscores(j: EditJudgement) -> dict[str, float]:
     return {EDIT_SUCCESS: j.edit_success, OVER_EDITING: j.over_editing, NATURALNESS: j.naturalness,
             ARTIFACTS: j.artifacts, EDIT_SCORE: judgement_overall(j)}
+
+
+def filter_subscores(j: EditFilterJudgement, combine: Literal["mean", "min"]) -> dict[str, float]:
+    """ImVideoEdit's three criteria and their combination as the overall (the paper keeps a pair
+    at 6 or more without saying how the criteria combine: `min` by default, ours)."""
+    criteria = {FAITHFULNESS: j.faithfulness, VISUAL_QUALITY: j.visual_quality, PRESERVATION: j.preservation}
+    return {**criteria, EDIT_SCORE: aggregate(criteria.values(), combine)}
 
 
 def aggregate(values: Iterable[float], how: Literal["mean", "min"]) -> float:

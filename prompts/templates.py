@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from curation.prompts.erasure import ErasureInstruction, RemovalCheck, SubjectChoice
 from curation.prompts.judges import (
     EditAreaBoxes,
+    EditFilterJudgement,
     EditJudgement,
     EditScorePQ,
     EditScoreSC,
@@ -30,6 +31,7 @@ from curation.prompts.judges import (
     ReferenceRating,
     ReferenceScore,
 )
+from curation.prompts.synthesis import PlausibilityJudgement, ScenePrompts, SceneProposal
 from curation.prompts.transition import ClipCaption, TransitionAnnotation
 
 # "<name>.v<N>" -> (template file inside the `curation.prompts` package, output schema; None for a
@@ -43,6 +45,7 @@ TEMPLATES: dict[str, tuple[str, type[BaseModel] | None]] = {
     "edit_score_sc.v1": ("edit_score_sc.v1.j2", EditScoreSC),
     "edit_score_pq.v1": ("edit_score_pq.v1.j2", EditScorePQ),
     "edit_judge.v1": ("edit_judge.v1.j2", EditJudgement),
+    "edit_filter.v1": ("edit_filter.v1.j2", EditFilterJudgement),
     "ground_edit_area.v1": ("ground_edit_area.v1.j2", GroundedObjects),
     "ground_edit_area.v2": ("ground_edit_area.v2.j2", EditAreaBoxes),
     "ground_foreground.v1": ("ground_foreground.v1.j2", GroundedForeground),
@@ -54,6 +57,9 @@ TEMPLATES: dict[str, tuple[str, type[BaseModel] | None]] = {
     "subject_choice.v1": ("subject_choice.v1.j2", SubjectChoice),
     "removal_check.v1": ("removal_check.v1.j2", RemovalCheck),
     "erasure_instruction.v1": ("erasure_instruction.v1.j2", ErasureInstruction),
+    "scene_proposal.v1": ("scene_proposal.v1.j2", SceneProposal),
+    "scene_plausibility.v1": ("scene_plausibility.v1.j2", PlausibilityJudgement),
+    "synthesis_prompts.v1": ("synthesis_prompts.v1.j2", ScenePrompts),
 }
 # A bare name ("transition_annotation") means its default version.
 DEFAULT_VERSIONS: dict[str, str] = {
@@ -62,6 +68,7 @@ DEFAULT_VERSIONS: dict[str, str] = {
     "edit_score_sc": "edit_score_sc.v1",
     "edit_score_pq": "edit_score_pq.v1",
     "edit_judge": "edit_judge.v1",
+    "edit_filter": "edit_filter.v1",
     "ground_edit_area": "ground_edit_area.v2",
     "ground_foreground": "ground_foreground.v2",
     "reference_score": "reference_score.v2",
@@ -69,6 +76,9 @@ DEFAULT_VERSIONS: dict[str, str] = {
     "subject_choice": "subject_choice.v1",
     "removal_check": "removal_check.v1",
     "erasure_instruction": "erasure_instruction.v1",
+    "scene_proposal": "scene_proposal.v1",
+    "scene_plausibility": "scene_plausibility.v1",
+    "synthesis_prompts": "synthesis_prompts.v1",
 }
 
 

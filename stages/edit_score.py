@@ -9,6 +9,9 @@ Judges (`judge=`):
   `sampling` sets EditScore's decoding (temperature 0.7, top_p 0.9, top_k 20, 512 tokens) on the
   judge. Serve it with vLLM behind `vlm=openai vlm.base_url=...`, or run it with `vlm=local`.
 - `vlm`: any VLM with the `edit_judge` prompt, one answer holding the four sub-scores.
+- `imvideoedit`: ImVideoEdit's data filter (`edit_filter` prompt): faithfulness to the instruction,
+  visual quality and preservation of what the instruction does not touch, each 0-10, combined by
+  `criteria_combine` (min by default, ours: the paper does not say) and kept at 6 or more.
 
 A video is judged on frame pairs sampled at `fps` per second of the source clip (Kiwi-Edit: 2),
 at most `max_frames` of them, aggregated by `aggregate`. `passes` > 1 asks each question several
@@ -38,11 +41,13 @@ from curation.media.jpeg import encode_jpeg
 from curation.prompts.editscore import EditScorePrompt, editscore_prompts
 from curation.prompts.judges import (
     EDIT_SCORE,
+    EditFilterJudgement,
     EditJudgement,
     EditScorePQ,
     EditScoreSC,
     aggregate,
     editscore_subscores,
+    filter_subscores,
     judgement_subscores,
     passes,
 )
@@ -95,7 +100,11 @@ class EditScore(VLMStage):
     version: ClassVar[str] = "2"  # 2: EditScore's own prompts and decoding, frames sampled at `fps`
     Columns: ClassVar[type[BaseModel]] = EditScoreColumns
 
-    judge: Literal["editscore", "vlm"] = Field(description="editscore: EditScore's SC + PQ prompts; vlm: the edit_judge prompt")
+    judge: Literal["editscore", "vlm", "imvideoedit"] = Field(
+        description="editscore: EditScore's SC + PQ prompts; vlm: the edit_judge prompt; imvideoedit: ImVideoEdit's three "
+        "filter criteria (the edit_filter prompt)")
+    criteria_combine: Literal["min", "mean"] = Field(
+        "min", description="judge=imvideoedit: how its three criteria make the overall edit_score (min: every one must pass)")
     sampling: JudgeSampling = Field(default_factory=JudgeSampling,
                                     description="judge=editscore: EditScore's decoding, set on `vlm` (null keys keep the vlm's)")
     fps: float = Field(gt=0, description="videos: frame pairs judged per second of the clip (Kiwi-Edit: 2)")
@@ -126,7 +135,7 @@ class EditScore(VLMStage):
     def templates(self) -> list[PromptTemplate | EditScorePrompt]:
         if self.judge == "editscore":
             return list(editscore_prompts())
-        return [load_template("edit_judge")]
+        return [load_template("edit_filter" if self.judge == "imvideoedit" else "edit_judge")]
 
     def thresholds(self) -> list[Threshold]:
         return [Threshold(score=EDIT_SCORE, value=self.threshold, setting="threshold")]
@@ -183,7 +192,8 @@ class EditScore(VLMStage):
         _, source, target = pair
         images = [target] if template.schema is EditScorePQ else [source, target]  # PQ: the edited image alone
         text = template.render(instruction=row.get("instruction") or "", category=row.get("category"),
-                               is_video=row.get("edit_kind", row["kind"]) == "triplet", feedback=feedback)
+                               is_video=row.get("edit_kind", row["kind"]) == "triplet", feedback=feedback,
+                               edit_prompt=row.get("edit_prompt"))
         # The pass number is part of the cache key: repeated passes must not replay one answer.
         salt = f"{template.hash}:pass{pass_index}" if self.passes > 1 else template.hash
         # EditScore's models answer with JSON they were trained to write, which may come with text
@@ -222,6 +232,8 @@ class EditScore(VLMStage):
                 return editscore_subscores(sc, pq)
             case [EditJudgement() as judgement]:
                 return judgement_subscores(judgement)
+            case [EditFilterJudgement() as judgement]:
+                return filter_subscores(judgement, self.criteria_combine)
         raise TypeError(f"judge {self.judge}: unexpected answers {[type(a).__name__ for a in answers]}")
 
     # ---- stratified cap (needs every row: runs on the driver) ------------------------------

@@ -123,3 +123,12 @@ def test_only_the_configured_backend_s_packages_are_required():
     assert build_stage("dedup", overrides=["dedup.embedder=phash", "dedup.search.method=exact"]).required_modules() == {}
     quiet = ["filter_quality.quality.nsfw.enabled=false", "filter_quality.quality.text_overlay.enabled=false"]
     assert build_stage("filter_quality", overrides=quiet).required_modules() == {}
+
+
+def test_a_bad_plan_spec_is_named_before_ray_starts(tmp_path):
+    # A source stage reads its own input: plan_scenes checks the spec's keys in the pre-flight.
+    spec = tmp_path / "plan.yaml"
+    spec.write_text("environments: [a harbour]\nconditions: [fog]\nconditions_per_scene: 1\n"
+                    "scenes_per_environment: 1\ntasks: {teleport: 1}\nseed: 0\n")
+    rc, lines = _curate(tmp_path, "pipeline=synthesis", f"input={spec}", f"output={tmp_path / 'run'}")
+    _assert_failed_fast(tmp_path, rc, lines, f"input={spec}", "tasks: unknown task type(s) teleport", "known: style_transfer")

@@ -21,8 +21,9 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -62,28 +63,52 @@ class DiffusersEditConfig(BaseModel):
 OPTIONAL_CALL_ARGS = ("guidance_scale", "true_cfg_scale", "negative_prompt", "image_guidance_scale")
 
 
+@dataclass
+class LoadedPipeline:
+    pipe: Any
+    device: str
+    random_weights: bool
+    accepted: set[str]  # the keyword arguments its __call__ takes
+
+
+def load_pipeline(cfg: Any, needed: tuple[str, ...], optional: tuple[str, ...], what: str,
+                  refused: dict[str, str] | None = None) -> LoadedPipeline:
+    """A diffusers pipeline from `cfg.model` (hub id, local directory or tiny:<name>), on `cfg.device`
+    in `cfg.dtype` (auto: bfloat16 on CUDA, float32 on the CPU), without progress bars, refused in
+    one line when its __call__ lacks an argument it is driven with (`needed`) or one the config
+    sets (`optional` fields not None), or when it takes an argument that marks another kind of
+    pipeline (`refused`: argument -> what to say): the wrong kind of pipeline fails at load, not mid-run."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    device = pick_device(cfg.device)
+    resolved = resolve_model(cfg.model)
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    pipe = DiffusionPipeline.from_pretrained(resolved.path, dtype=getattr(torch, dtype)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    accepted = set(inspect.signature(type(pipe).__call__).parameters)
+    for argument, message in (refused or {}).items():
+        if argument in accepted:
+            raise ValueError(f"{type(pipe).__name__} {message}")
+    for argument in needed:
+        if argument not in accepted:
+            raise ValueError(f"{type(pipe).__name__}.__call__ takes no {argument}=; not {what}")
+    unsupported = [arg for arg in optional if getattr(cfg, arg) is not None and arg not in accepted]
+    if unsupported:
+        raise ValueError(f"{type(pipe).__name__} does not take {', '.join(unsupported)}; set them to null")
+    return LoadedPipeline(pipe, device, resolved.random_weights, accepted)
+
+
 class DiffusersEditor:
     """Loads the pipeline once (`from_pretrained`, then moved to the device), then `edit` runs it."""
 
     def __init__(self, cfg: DiffusersEditConfig):
-        import torch
-        from diffusers import DiffusionPipeline
-
         self.cfg = cfg
-        self.device = pick_device(cfg.device)
-        resolved = resolve_model(cfg.model)
-        self.random_weights = resolved.random_weights
-        dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if self.device.startswith("cuda") else "float32")
-        self.pipe = DiffusionPipeline.from_pretrained(resolved.path, dtype=getattr(torch, dtype)).to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
-        accepted = inspect.signature(type(self.pipe).__call__).parameters
-        for needed in ("image", "prompt", "num_inference_steps", "generator", "output_type"):
-            if needed not in accepted:
-                raise ValueError(f"{type(self.pipe).__name__}.__call__ takes no {needed}=; not an image-editing pipeline")
-        unsupported = [arg for arg in OPTIONAL_CALL_ARGS if getattr(cfg, arg) is not None and arg not in accepted]
-        if unsupported:
-            raise ValueError(f"{type(self.pipe).__name__} does not take {', '.join(unsupported)}; set them to null")
-        self.sizes_from_input = cfg.working_size == "input" and {"height", "width"} <= accepted.keys()
+        loaded = load_pipeline(cfg, ("image", "prompt", "num_inference_steps", "generator", "output_type"),
+                               OPTIONAL_CALL_ARGS, "an image-editing pipeline")
+        self.pipe, self.device, self.random_weights = loaded.pipe, loaded.device, loaded.random_weights
+        accepted = loaded.accepted
+        self.sizes_from_input = cfg.working_size == "input" and {"height", "width"} <= accepted
 
     def edit(self, images: list[np.ndarray], prompts: list[str]) -> list[np.ndarray]:
         """One edited (H, W, 3) uint8 RGB image per (image, instruction), each at its input's size."""
@@ -205,11 +230,13 @@ def build_tiny_qwen_image_edit(target: Path) -> None:
     pipe.save_pretrained(target)
 
 
-def build_tiny_instruct_pix2pix(target: Path) -> None:
-    """StableDiffusionInstructPix2PixPipeline: UNet with 8 input channels (noise + image latents),
-    a 3-level KL VAE (4x downscale), a 2-layer CLIP text encoder and a byte-level CLIP tokenizer."""
+def tiny_sd_parts(unet_in_channels: int, sample_size: int) -> dict[str, Any]:
+    """The parts of a tiny random Stable-Diffusion-family pipeline (text-to-image, InstructPix2Pix,
+    inpainting: they differ in the UNet's input channels): a 2-layer CLIP text encoder with a
+    byte-level tokenizer (nothing downloaded), a 2-level UNet at 16-32 channels and a 3-level KL
+    VAE (4x downscale), seeded so every build is the same."""
     import torch
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     symbols = _byte_symbols()
@@ -222,16 +249,24 @@ def build_tiny_instruct_pix2pix(target: Path) -> None:
         pad_token_id=tokenizer.pad_token_id,
     )).eval()
     unet = UNet2DConditionModel(
-        sample_size=32, in_channels=8, out_channels=4, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8,
+        sample_size=sample_size, in_channels=unet_in_channels, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+        norm_num_groups=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
     )
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 16, 16], layers_per_block=1, norm_num_groups=8,
         down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
     )
+    return {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet}
+
+
+def build_tiny_instruct_pix2pix(target: Path) -> None:
+    """StableDiffusionInstructPix2PixPipeline: `tiny_sd_parts` with a UNet of 8 input channels
+    (noise + image latents)."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline
+
     pipe = StableDiffusionInstructPix2PixPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=EulerAncestralDiscreteScheduler(),
+        **tiny_sd_parts(unet_in_channels=8, sample_size=32), scheduler=EulerAncestralDiscreteScheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(target)

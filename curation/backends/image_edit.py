@@ -158,6 +158,10 @@ class OpenAIImageEditor(ImageEditor, OpenAIVLM):
             options["mask"] = ("mask.png", mask[0], "image/png")
         response = await self._client.images.edit(
             model=self.cfg.model, image=(f"image.{mime.split('/')[1]}", image, mime), prompt=prompt, n=1, **options)
+        return self._image_of(response)
+
+    def _image_of(self, response: Any) -> Completion:
+        """The first image of an images API response (`images.edit` and `images.generate` answer alike)."""
         usage = response.usage
         prompt_tokens = usage.input_tokens if usage else 0
         completion_tokens = usage.output_tokens if usage else 0
@@ -185,6 +189,10 @@ class GeminiImageEditor(ImageEditor, GeminiVLM):
         contents: list = [prompt, types.Part.from_bytes(data=image, mime_type=image_mime(image))]
         response = await self._client.aio.models.generate_content(
             model=self.cfg.model, contents=contents, config=config)
+        return self._image_of(response)
+
+    def _image_of(self, response: Any) -> Completion:
+        """The first non-thought inline image of a generateContent response (edited or generated)."""
         meta = response.usage_metadata
         prompt_tokens = (meta.prompt_token_count or 0) if meta else 0
         completion_tokens = ((meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0)) if meta else 0

@@ -30,6 +30,7 @@ TINY_BUILDERS: dict[str, str] = {
     "sam2-video": "curation.backends.video_segment:build_tiny_sam2_video",
     "qwen-image-edit": "curation.backends.diffusers_edit:build_tiny_qwen_image_edit",
     "instruct-pix2pix": "curation.backends.diffusers_edit:build_tiny_instruct_pix2pix",
+    "stable-diffusion": "curation.backends.text_to_image:build_tiny_stable_diffusion",
     "clip": "curation.backends.tiny_clip:build_tiny_clip",
     "open-clip": "curation.backends.tiny_clip:build_tiny_open_clip",
 }

@@ -98,10 +98,15 @@ class VideoSegmenter:
         self.processor = transformers.Sam2VideoProcessor.from_pretrained(path)
         self.model = transformers.Sam2VideoModel.from_pretrained(path).to(self.device, dtype=self.dtype).eval()
 
-    def track(self, frames: Sequence[np.ndarray], key_frame: int, box: Sequence[float]) -> np.ndarray:
-        """(T, H, W) bool masks, one per frame in order, for the object in `box` (x0, y0, x1, y1
-        pixels) on `frames[key_frame]`. Frames are RGB uint8 (H, W, 3), all the same size."""
+    def track(self, frames: Sequence[np.ndarray], key_frame: int, box: Sequence[float] | None = None,
+              mask: np.ndarray | None = None) -> np.ndarray:
+        """(T, H, W) bool masks, one per frame in order, for the object given on `frames[key_frame]`
+        by a `box` (x0, y0, x1, y1 pixels) or by a `mask` ((H, W) bool, e.g. drawn by hand or
+        from an image segmenter). Frames are RGB uint8 (H, W, 3), all the same size."""
         import torch
+
+        if (box is None) == (mask is None):
+            raise ValueError("give the object as a box or as a mask, one of the two")
 
         if not frames:
             raise ValueError("no frames to track through")
@@ -115,9 +120,14 @@ class VideoSegmenter:
                                                     video_storage_device="cpu", dtype=self.dtype)
         session.processed_frames = _LazyFrames(frames, self.processor.video_processor, self.dtype)
         session.video_height, session.video_width = height, width
+        if mask is not None:
+            if mask.shape != (height, width) or not mask.any():
+                raise ValueError(f"the key frame's mask must be a non-empty ({height}, {width}) array, got {mask.shape}")
+            prompt: dict[str, Any] = {"input_masks": np.asarray(mask, dtype=bool)}
+        else:
+            prompt = {"input_boxes": [[[float(v) for v in box]]]}
         self.processor.add_inputs_to_inference_session(
-            inference_session=session, frame_idx=key_frame, obj_ids=OBJECT_ID,
-            input_boxes=[[[float(v) for v in box]]], original_size=(height, width))
+            inference_session=session, frame_idx=key_frame, obj_ids=OBJECT_ID, original_size=(height, width), **prompt)
         masks = np.zeros((len(frames), height, width), dtype=bool)
         done = np.zeros(len(frames), dtype=bool)
         with torch.inference_mode():

@@ -37,6 +37,9 @@ def init_ray(cluster: DictConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # A local runtime's workers inherit this process's environment: no per-model "Loading weights"
+    # bars from transformers / huggingface_hub in every worker's output (curate draws its own bars).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     quiet_ray_console()
     kwargs = dict(
         namespace=cluster.namespace,

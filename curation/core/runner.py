@@ -127,6 +127,7 @@ def _check_input(cfg: DictConfig, first: Stage) -> None:
     if stage_kind(type(first)) == "source":
         if local and not (glob.glob(spec, recursive=True) if glob.has_magic(spec) else os.path.exists(spec)):
             raise ValueError(f"input={spec}: no such file, directory or glob match")
+        first.check_input(spec)  # the source's own reading of it (a plan spec's keys), nothing listed
         return
     run_dir = cfg.output if "://" in cfg.output else os.path.abspath(cfg.output)
     uri = spec if spec is not None else layout.default_input(run_dir, first.name)

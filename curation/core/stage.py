@@ -310,6 +310,11 @@ class SourceStage(Stage):
         where the listing is kept: a source may write facts about it there (e.g. rows skipped)."""
         raise NotImplementedError
 
+    def check_input(self, spec: str | None) -> Any:
+        """Check `input=` without listing anything (nothing asked, nothing written): the pre-flight
+        calls it so a bad spec fails in one line before Ray starts. Raise ValueError naming the key
+        or path; the default checks nothing beyond the runner's own existence check."""
+
     def input_fragments(self, input_uri: str | None, stage_dir: str) -> list[str]:
         listing_dir = layout.input_dir(stage_dir)
         return persist_fragments(self.list_sources(input_uri, listing_dir), listing_dir, self.fragment_size)

@@ -43,12 +43,20 @@ def metadata(row: dict[str, Any]) -> dict[str, Any]:
     meta = {
         k: _maps_as_dicts(v)
         for k, v in row.items()
-        if k not in _NOT_METADATA and not isinstance(v, (bytes, bytearray)) and not k.startswith("_")
+        if k not in _NOT_METADATA and not _is_media(v) and not k.startswith("_")
     }
     meta.update({k: None for k in ALWAYS_IN_METADATA if k not in meta})
     meta["schema_version"] = SHARD_SCHEMA_VERSION
     meta["lineage"] = row.get("parent_ids") or []
     return meta
+
+
+def _is_media(value: Any) -> bool:
+    """Encoded media (a frame, a mask, a clip) or a list of them: members of their own, or not
+    shipped at all (a clip's per-frame masks), never text in the json."""
+    if isinstance(value, (bytes, bytearray)):
+        return True
+    return isinstance(value, list) and bool(value) and isinstance(value[0], (bytes, bytearray))
 
 
 def _maps_as_dicts(value: Any) -> Any:

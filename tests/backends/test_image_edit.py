@@ -19,7 +19,7 @@ from curation.backends.image_edit import (
 )
 from curation.backends.vlm import VLMError, VLMUsage
 
-from tests.fixtures.vlm_servers import blocked, gemini_server, hang, http_error, image_ok, openai_server, raw_text
+from tests.fixtures.vlm_servers import blocked, hang, http_error, image_ok, raw_text
 
 KEY_ENV = "CURATE_TEST_IMAGE_KEY"
 KEY = "sk-test-IMAGE-SECRET-77c1"
@@ -43,20 +43,9 @@ def edit(prompt: str = "Remove the cup.", image: bytes | None = None, salt: str 
     return ImageEditRequest(prompt, png() if image is None else image, salt)
 
 
-@pytest.fixture(scope="module")
-def servers():
-    with openai_server() as o, gemini_server() as g:
-        yield {"openai": o, "gemini": g}
-
-
-@pytest.fixture(params=["openai", "gemini"])
-def server(request, servers, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
-    srv = servers[request.param]
-    srv.reset(default=image_ok())
-    srv.backend = request.param
-    yield srv
-    srv.reset()
+def server_default():
+    """What the loopback servers answer unless a test scripts otherwise (tests/backends/conftest.py)."""
+    return image_ok()
 
 
 @pytest.fixture

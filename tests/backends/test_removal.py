@@ -137,26 +137,11 @@ def test_config_is_strict_and_each_backend_needs_its_settings():
 def tiny_inpaint(tmp_path_factory) -> str:
     """StableDiffusionInpaintPipeline at toy sizes (UNet with 9 input channels: noise, masked image
     latents and the mask), random weights, saved with save_pretrained."""
-    torch = pytest.importorskip("torch")
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
 
-    symbols = sorted(ByteLevel.alphabet())
-    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"])}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)).eval()
-    unet = UNet2DConditionModel(
-        sample_size=16, in_channels=9, out_channels=4, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 16, 16], layers_per_block=1,
-                        norm_num_groups=8, down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3)
-    pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+    from curation.backends.diffusers_edit import tiny_sd_parts
+
+    pipe = StableDiffusionInpaintPipeline(**tiny_sd_parts(unet_in_channels=9, sample_size=16),
                                           scheduler=DDIMScheduler(steps_offset=1), safety_checker=None, feature_extractor=None,
                                           requires_safety_checker=False)
     target = tmp_path_factory.mktemp("tiny-sd-inpaint")

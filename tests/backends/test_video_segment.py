@@ -5,6 +5,7 @@ masks themselves meaningless, so nothing here judges their content."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -36,6 +37,30 @@ def test_a_real_clip_gets_exactly_one_mask_per_frame_at_its_size(segmenter, car_
     height, width = car_frames[0].shape[:2]
     masks = segmenter.track(car_frames, 0, (180.0, 160.0, 420.0, 330.0))  # a hand-made box around the first frame's car
     assert masks.shape == (12, height, width) and masks.dtype == bool
+
+
+def test_a_hand_made_first_frame_mask_is_propagated_to_every_frame(segmenter, car_frames):
+    height, width = car_frames[0].shape[:2]
+    drawn = np.zeros((height, width), np.uint8)
+    cv2.ellipse(drawn, (300, 245), (120, 85), 0, 0, 360, 1, -1)  # drawn by hand around the first frame's car
+    stored: list[int] = []
+    original = segmenter._store
+
+    def store(out, masks, done, h, w):
+        stored.append(out.frame_idx)
+        original(out, masks, done, h, w)
+
+    segmenter._store = store
+    try:
+        masks = segmenter.track(car_frames, 0, mask=drawn > 0)
+    finally:
+        del segmenter._store
+    assert masks.shape == (12, height, width) and masks.dtype == bool
+    assert sorted(set(stored)) == list(range(12))  # the model answered for every frame, once per direction it ran
+    with pytest.raises(ValueError, match="box or as a mask"):
+        segmenter.track(car_frames, 0, (0.0, 0.0, 10.0, 10.0), mask=drawn > 0)
+    with pytest.raises(ValueError, match="non-empty"):
+        segmenter.track(car_frames, 0, mask=np.zeros((height, width), bool))
 
 
 def test_a_mid_clip_key_frame_is_tracked_forward_and_backward(segmenter, monkeypatch):

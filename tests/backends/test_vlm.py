@@ -19,12 +19,10 @@ from curation.prompts.transition import TransitionAnnotation
 from tests.fixtures.vlm_servers import (
     blocked,
     empty,
-    gemini_server,
     hang,
     http_error,
     ok,
     ok_from_prompt,
-    openai_server,
     raw_text,
 )
 
@@ -52,20 +50,9 @@ def request(prompt: str = "Describe the change.", images: list[bytes] | None = N
     return VLMRequest(prompt, [jpeg()] if images is None else images, TransitionAnnotation, salt)
 
 
-@pytest.fixture(scope="module")
-def servers():
-    with openai_server() as o, gemini_server() as g:
-        yield {"openai": o, "gemini": g}
-
-
-@pytest.fixture(params=["openai", "gemini"])
-def server(request, servers, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, KEY)
-    srv = servers[request.param]
-    srv.reset(default=ok(ANNOTATION))
-    srv.backend = request.param
-    yield srv
-    srv.reset()
+def server_default():
+    """What the loopback servers answer unless a test scripts otherwise (tests/backends/conftest.py)."""
+    return ok(ANNOTATION)
 
 
 def config(server, **overrides) -> VLMConfig:

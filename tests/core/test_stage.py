@@ -54,7 +54,7 @@ def test_error_rows_keep_what_the_stage_computed():
 def test_the_runner_tells_stages_apart_by_base_class():
     assert [stage_kind(c) for c in (CountSource, KeepEven, SinkStage)] == ["source", "map", "sink"]
     builtin = {name: stage_kind(get_stage_class(name)) for name in stage_names()}
-    assert builtin == {**dict.fromkeys(builtin, "map"), "ingest": "source", "shard": "sink"}
+    assert builtin == {**dict.fromkeys(builtin, "map"), "ingest": "source", "plan_scenes": "source", "shard": "sink"}
 
 
 def test_models_carry_random_weights_as_data():

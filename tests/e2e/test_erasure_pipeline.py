@@ -137,6 +137,7 @@ def test_raw_clip_to_remove_triplets_and_add_quads(tmp_path, ray_local):
     for sample in members.values():
         meta = json.loads(sample["json"])
         kinds[meta["category"]] = sample
+        assert "object_masks" not in meta and "clip_video" not in meta  # media are never json text
         assert len(_frames(sample["src.mp4"])) == len(_frames(sample["tgt.mp4"])) >= 16
     assert sorted(kinds) == ["local_add", "local_remove"]
     assert "ref.png" in kinds["local_add"] and "ref.png" not in kinds["local_remove"]

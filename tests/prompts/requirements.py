@@ -9,12 +9,13 @@ reads the list against the paper once, and from then on any edit that drops a ca
 
 from __future__ import annotations
 
+import sys
 import typing
 from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from curation.prompts.templates import load_template
+from curation.prompts.templates import PromptTemplate, load_template
 
 SEEDS = {
     "000": "ImVideoEdit", "001": "RVEDiT", "002": "InstructX", "003": "VINCIE", "004": "Kiwi-Edit",
@@ -81,3 +82,14 @@ def order_of(text: str, phrases: list[str]) -> list[int]:
     asserts they rise to check the order in which a prompt introduces its images."""
     lowered = text.lower()
     return [lowered.find(p.lower()) for p in phrases]
+
+
+_KEEP_SCHEMA = object()
+
+
+def patch_template(monkeypatch, name: str, text: str, schema: typing.Any = _KEEP_SCHEMA) -> None:
+    """Make `missing_requirements` see template `name` with `text` (and `schema`, when given; None:
+    no schema) instead of its file: how a test shows a requirement map is not vacuous."""
+    original = load_template(name)
+    patched = PromptTemplate(original.name, original.file, text, original.schema if schema is _KEEP_SCHEMA else schema)
+    monkeypatch.setattr(sys.modules[__name__], "load_template", lambda _: patched)

@@ -13,10 +13,9 @@ from pydantic import BaseModel, ValidationError
 
 from curation.backends.vlm import parse_reply
 from curation.prompts.erasure import MAX_SUBJECTS, ErasureInstruction, RemovalCheck, SubjectChoice
-from curation.prompts.templates import DEFAULT_VERSIONS, PromptTemplate, load_template
+from curation.prompts.templates import DEFAULT_VERSIONS, load_template
 
-from tests.prompts import requirements
-from tests.prompts.requirements import Requirement, missing_requirements, order_of
+from tests.prompts.requirements import Requirement, missing_requirements, order_of, patch_template
 
 A2 = "002 App. A.2"
 OURS = "002 App. A.2; ours (issue 21)"
@@ -189,12 +188,6 @@ def test_the_schemas_refuse_other_answers(schema, answer):
 # ---- the check is not vacuous ------------------------------------------------------------------
 
 
-def _with(monkeypatch: pytest.MonkeyPatch, name: str, text: str, schema: type[BaseModel] | None) -> None:
-    original = load_template(name)
-    patched = PromptTemplate(original.name, original.file, text, schema)
-    monkeypatch.setattr(requirements, "load_template", lambda _: patched)
-
-
 @pytest.mark.parametrize("key, req", [(key, r) for key, reqs in MAPS.items() for r in reqs if r.text],
                          ids=lambda v: v if isinstance(v, str) else v.rule[:40])
 def test_removing_a_mapped_line_fails_the_check(monkeypatch, key, req):
@@ -202,12 +195,12 @@ def test_removing_a_mapped_line_fails_the_check(monkeypatch, key, req):
     source = load_template(name).text
     kept = [line for line in source.splitlines() if req.text.lower() not in line.lower()]
     assert len(kept) < len(source.splitlines()), f"{req.rule}: no single template line holds {req.text!r}"
-    _with(monkeypatch, name, "\n".join(kept), load_template(name).schema)
+    patch_template(monkeypatch, name, "\n".join(kept), load_template(name).schema)
     assert any(req.rule in m for m in missing_requirements(name, SLOTS[key], MAPS[key]))
 
 
 @pytest.mark.parametrize("key", list(MAPS))
 def test_a_schema_without_the_mapped_fields_fails_the_check(monkeypatch, key):
     name = template_of(key)
-    _with(monkeypatch, name, load_template(name).text, BaseModel)
+    patch_template(monkeypatch, name, load_template(name).text, BaseModel)
     assert len(missing_requirements(name, SLOTS[key], MAPS[key])) == sum(1 for r in MAPS[key] if r.field)

@@ -9,15 +9,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import ValidationError, create_model
 
 from curation.backends.vlm import parse_reply
 from curation.prompts.judges import EditAreaBoxes, ForegroundBoxes, GroundedForeground, GroundedObjects, ReferenceRating
-from curation.prompts.templates import PromptTemplate, load_template
+from curation.prompts.templates import load_template
 
 from tests.fixtures.grammars import grammar_accepts
-from tests.prompts import requirements
-from tests.prompts.requirements import Requirement, missing_requirements, order_of
+from tests.prompts.requirements import Requirement, missing_requirements, order_of, patch_template
 
 P1, P2, P3 = "004 App. B, Prompt 1", "004 App. B, Prompt 2", "004 App. B, Prompt 3"
 EDIT = "Add a straw hat to the man."
@@ -252,12 +251,6 @@ def test_json_schema_uses_only_keywords_every_backendgrammar_accepts(schema):
 # ---- the check is not vacuous ------------------------------------------------------------------
 
 
-def _with(monkeypatch: pytest.MonkeyPatch, name: str, text: str, schema: type[BaseModel] | None = None) -> None:
-    original = load_template(name)
-    patched = PromptTemplate(original.name, original.file, text, schema or original.schema)
-    monkeypatch.setattr(requirements, "load_template", lambda _: patched)
-
-
 @pytest.mark.parametrize("name, req", [(name, r) for name, reqs in MAPS.items() for r in reqs if r.text],
                          ids=lambda v: v if isinstance(v, str) else v.rule[:40])
 def test_removing_a_mapped_line_fails_the_check(monkeypatch, name, req):
@@ -265,14 +258,14 @@ def test_removing_a_mapped_line_fails_the_check(monkeypatch, name, req):
     phrase = req.text.replace(EDIT, "{{")  # the instruction's value is carried by its slot's line
     kept = [line for line in source.splitlines() if phrase.lower() not in line.lower()]
     assert len(kept) < len(source.splitlines()), f"{req.rule}: no single template line holds {phrase!r}"
-    _with(monkeypatch, name, "\n".join(kept))
+    patch_template(monkeypatch, name, "\n".join(kept))
     missing = missing_requirements(name, SLOTS[name], MAPS[name])
     assert any(req.rule in m for m in missing)
 
 
 @pytest.mark.parametrize("name", ["ground_edit_area", "ground_foreground"])
 def test_v1s_objects_schema_lacks_every_mapped_key(monkeypatch, name):
-    _with(monkeypatch, name, load_template(name).text, load_template(f"{name}.v1").schema)
+    patch_template(monkeypatch, name, load_template(name).text, load_template(f"{name}.v1").schema)
     missing = missing_requirements(name, SLOTS[name], MAPS[name])
     assert len(missing) == sum(1 for r in MAPS[name] if r.field)
 
@@ -281,7 +274,7 @@ def test_v1s_objects_schema_lacks_every_mapped_key(monkeypatch, name):
 def test_a_box_schema_missing_one_key_fails_the_check(monkeypatch, key):
     box = create_model("Box", **{k: (list[float] if k == "bbox" else str, ...) for k in ("bbox", "label") if k != key})
     answer = create_model("Answer", **({} if key == "image_2" else {"image_2": (list[box], ...)}))
-    _with(monkeypatch, "ground_edit_area", load_template("ground_edit_area").text, answer)
+    patch_template(monkeypatch, "ground_edit_area", load_template("ground_edit_area").text, answer)
     missing = missing_requirements("ground_edit_area", SLOTS["ground_edit_area"], EDIT_AREA)
     assert missing and all(key in m for m in missing)
 

@@ -180,6 +180,26 @@ def test_vlm_judge_stores_its_subscores_and_the_overall(tmp_path):
     assert row["vlm_usage"]["requests"] == 1 and row["vlm_usage"]["completion_tokens"] == 5
 
 
+@pytest.mark.parametrize("combine, overall, status", [("min", 5.0, "dropped"), ("mean", 7.0, "ok")])
+def test_imvideoedit_judge_scores_its_three_criteria_and_combines_them(tmp_path, combine, overall, status):
+    # ImVideoEdit's filter: faithfulness, visual quality, preservation; kept at >= 6 (STAGE's threshold).
+    answer = {"reasoning": "Disc added; the table edge moved.", "faithfulness": 9, "visual_quality": 7, "preservation": 5}
+    rows = [dict(pair_rows(tmp_path, ["Add a red disc."])[0], edit_prompt="A grey table with a red disc in its middle.")]
+    with openai_server(default=ok(answer)) as server:
+        stage = EditScore(vlm=vlm(server, tmp_path), **{**STAGE, "judge": "imvideoedit", "criteria_combine": combine})
+        table = pa.Table.from_pylist(rows, schema=SCHEMA.append(pa.field("edit_prompt", pa.string())))  # synthesis rows carry it
+        (row,) = stage(table).to_pylist()
+        (prompt,) = prompts(server)
+        (request,) = server.requests
+    assert "Add a red disc." in prompt and "A grey table with a red disc in its middle." in prompt  # instruction, result
+    assert len([p for p in request.body["messages"][0]["content"] if p["type"] == "image_url"]) == 2  # source, edited
+    assert dict(row["scores"]) == pytest.approx(
+        {"faithfulness": 9, "visual_quality": 7, "preservation": 5, "edit_score": overall})
+    assert row["status"] == status
+    if status == "dropped":
+        assert row["reason"] == "edit_score_below_threshold: 5.00 (keep >= 6)"
+
+
 # --------------------------------------------------------------------------------------------
 # Threshold
 # --------------------------------------------------------------------------------------------
