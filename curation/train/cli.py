@@ -14,7 +14,7 @@ TRAIN_HELP = """Train the DiT editor on WebDataset shards from any pipeline. Arg
 
 \b
 Groups: model=tiny|S|B, encoder=identity|pretrained, mix=kiwi_stage3|instructx (the papers'
-kind ratios). `shards=X` is data.shards=X.
+kind ratios), preset=vincie|instructx|kiwi_stage2|kiwi_stage3|imvideoedit (a paper's published settings). `shards=X` is data.shards=X.
 Sections: data.* (buckets, frames, mix ratios, workers), flow.* (t sampling, CFG dropout, sampler),
 optim.* (lr, warmup, accumulation, clipping, EMA), encoder.* (VAE, text encoder, latent cache).
 Every key is documented in curation/config/train/train.yaml. Rerunning the same command resumes
@@ -38,6 +38,16 @@ def main(overrides: list[str]) -> int:
     try:
         train(config)
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def one_line(error: Exception) -> str:
+    """The reason alone: an error raised in a DataLoader worker arrives with the worker's traceback
+    in its message, ending in `module.Class: reason`."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    if len(lines) == 1:
+        return lines[0]
+    name, _, reason = lines[-1].partition(": ")
+    return reason if reason and name.replace(".", "").replace("_", "").isalnum() else lines[-1]

@@ -1,4 +1,4 @@
-"""`curate train` config: packaged YAML defaults < group files (`model=`, `encoder=`, `mix=`) < `key=value`.
+"""`curate train` config: packaged YAML defaults < group files (`model=`, `encoder=`, `mix=`, `preset=`) < `key=value`.
 
 The same layering as `curate run`, struct mode included, so a typo is an error naming the key.
 The merged tree is validated by `TrainConfig`, whose sections each belong to one module.
@@ -20,7 +20,7 @@ from curation.train.flow import FlowConfig
 from curation.train.model import DIT_SIZES
 
 TRAIN_CONFIG_DIR = Path(str(files("curation") / "config" / "train"))
-TRAIN_GROUPS = ("model", "encoder", "mix")
+TRAIN_GROUPS = ("model", "encoder", "mix", "preset")
 
 
 class TrainConfigError(ValueError):

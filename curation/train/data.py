@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from curation.train.data_config import GROUPS, KIND_GROUPS, DataConfig
-from curation.train.examples import Example, ExampleMaker, sample_kind, seed_of
+from curation.train.examples import Example, ExampleMaker, UnusableSample, sample_kind, seed_of
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,13 @@ def list_shards(spec: str) -> list[str]:
     import webdataset as wds
 
     urls: list[str] = []
+    empty: list[str] = []
     for item in (s.strip() for s in spec.split(",") if s.strip()):
         if "://" not in item and Path(item).is_dir():
-            urls.extend(str(p) for p in sorted(Path(item).rglob("*.tar")))
+            found = sorted(Path(item).rglob("*.tar"))
+            urls.extend(str(p) for p in found)
+            if not found:
+                empty.append(item)
         elif _pyarrow_uri(item) and not item.endswith(".tar") and "{" not in item:
             import pyarrow.fs as pafs
 
@@ -74,6 +78,8 @@ def list_shards(spec: str) -> list[str]:
     missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
     if not urls or missing:
         raise FileNotFoundError(f"no shards at {spec!r}" + (f" (missing: {missing[:3]})" if missing else ""))
+    if empty:
+        log.warning("skipping %d empty bucket(s) (no .tar under them): %s", len(empty), ", ".join(empty[:3]))
     return urls
 
 
@@ -95,6 +101,14 @@ def shard_groups(url: str) -> set[str]:
 
 class EmptyGroup(Exception):
     """A slot's shards hold no sample of a group (shards without stats, or a sample-split slot)."""
+
+
+class BarrenGroup(EmptyGroup):
+    """A slot's samples of a group read, but none made an example in two epochs in a row."""
+
+
+class NoTrainingData(ValueError):
+    """Nothing the mix asks for can be trained on; the message says why in one line."""
 
 
 class GroupStream:
@@ -222,13 +236,16 @@ class GroupStream:
                     raise EmptyGroup(self.group) from None
                 barren_epochs = 0 if made_this_epoch else barren_epochs + 1
                 if barren_epochs >= 2:
-                    raise RuntimeError(f"no decodable {self.group} samples for slot {self.slot} of {self.num_slots} "
-                                       f"in two epochs (skipped so far: {dict(self.skipped)})") from None
+                    raise BarrenGroup(self.group) from None
                 self.epoch, self.consumed, made_this_epoch = self.epoch + 1, 0, False
                 self._raw = self._raw_stream(self.epoch)
                 continue
             try:
                 examples = self.make(sample, self.epoch)
+            except UnusableSample as e:
+                self.skipped[e.reason] += 1
+                log.warning("skipping sample %s: %s", sample.get("__key__"), e)
+                continue
             except Exception as e:  # noqa: BLE001 - a bad sample is skipped and counted, never a crash
                 self.skipped["decode_error"] += 1
                 log.warning("skipping sample %s: %s: %s", sample.get("__key__"), type(e).__name__, e)
@@ -265,6 +282,16 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.streams, self.offset = streams or {}, offset
         self.urls = list_shards(config.shards)
         self.groups = {url: shard_groups(url) for url in self.urls}
+        hollow = [u for u, groups in self.groups.items() if not groups]
+        if hollow:
+            log.warning("skipping %d shard(s) whose stats count no trainable sample: %s", len(hollow), ", ".join(hollow[:3]))
+        self.weights = {g: w for g, w in config.mix.items() if w > 0 and any(g in gs for gs in self.groups.values())}
+        if not self.weights:
+            raise NoTrainingData(f"no shards at {config.shards} hold the groups the mix asks for ({config.mix})")
+        slots = world_size * max(1, config.num_workers)
+        if len(self.urls) < slots:
+            log.warning("%d shard(s) for %d loader slots (ranks x workers): splitting them sample by sample; a slot "
+                        "that gets none reads every slot's samples", len(self.urls), slots)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -272,13 +299,16 @@ class ShardStream(torch.utils.data.IterableDataset):
         stream_id = ((info.id if info else 0) + self.offset) % workers
         slot, num_slots = self.rank * workers + stream_id, self.world_size * workers
         saved = self.streams.get(stream_id) or {"draws": 0, "groups": {}}
-        weights = {g: w for g, w in self.config.mix.items() if w > 0 and any(g in gs for gs in self.groups.values())}
-        if not weights:
-            raise RuntimeError(f"no shards hold the groups the mix asks for ({self.config.mix})")
-        streams = {g: GroupStream(g, [u for u in self.urls if g in self.groups[u]],
-                                  any(self.groups[u] != {g} for u in self.urls if g in self.groups[u]),
-                                  self.config, slot, num_slots, saved["groups"].get(g))
-                   for g in weights}
+        weights = self.weights
+        shared = set(saved.get("shared", []))  # groups this slot reads whole: its own split held none
+
+        def group_stream(g: str, state: dict[str, Any] | None = None) -> GroupStream:
+            urls = [u for u in self.urls if g in self.groups[u]]
+            mixed = any(self.groups[u] != {g} for u in urls)
+            where = (0, 1) if g in shared else (slot, num_slots)
+            return GroupStream(g, urls, mixed, self.config, *where, state)
+
+        streams = {g: group_stream(g, saved["groups"].get(g)) for g in weights}
         mixer = MixDraws(weights, seed_of(self.config.seed, "mix", slot), saved["draws"])
         empty = set(saved.get("empty", []))
         while True:
@@ -287,14 +317,28 @@ class ShardStream(torch.utils.data.IterableDataset):
                 continue  # redrawn: the mix renormalises over the groups this slot has
             try:
                 batch = collate(streams[group].next_batch())
-            except EmptyGroup:
-                log.warning("slot %d of %d has no %s samples; mixing the other groups", slot, num_slots, group)
+            except EmptyGroup as e:
+                what = "usable " if isinstance(e, BarrenGroup) else ""
+                if num_slots > 1 and group not in shared:
+                    # more slots than the data splits into: read every slot's samples (they repeat across
+                    # slots) rather than lose the group's share of this slot's batches
+                    log.warning("slot %d of %d got no %s%s samples of its own; it reads all of them", slot,
+                                num_slots, what, group)
+                    shared.add(group)
+                    skipped, streams[group] = streams[group].skipped, group_stream(group)
+                    streams[group].skipped.update(skipped)
+                    continue
+                log.warning("no %s%s samples for slot %d of %d (skipped: %s); mixing the other groups", what, group,
+                            slot, num_slots, dict(streams[group].skipped) or "none")
                 empty.add(group)
                 if empty == set(weights):
-                    raise RuntimeError(f"slot {slot} of {num_slots} found no samples of any group in {self.config.shards}") from None
+                    skipped = sum((Counter(s.skipped) for s in streams.values()), Counter())
+                    raise NoTrainingData(f"no usable samples of any group in {self.config.shards} "
+                                         f"(skipped: {dict(skipped) or 'none'})") from None
                 continue
             batch["position"] = {"stream": stream_id, "state": {
-                "draws": mixer.draws, "empty": sorted(empty), "groups": {g: s.state() for g, s in streams.items()}}}
+                "draws": mixer.draws, "empty": sorted(empty), "shared": sorted(shared),
+                "groups": {g: s.state() for g, s in streams.items()}}}
             yield batch
 
 

@@ -23,6 +23,15 @@ def seed_of(*parts: Any) -> int:
     return zlib.crc32(":".join(map(str, parts)).encode())
 
 
+class UnusableSample(ValueError):
+    """A sample that decodes but cannot make an example: a member its kind needs is missing, or a
+    session has no annotated turn. `reason` is the key it is counted under."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 @dataclass
 class Example:
     """One training example: frames (T, H, W, C) uint8 at the bucket size."""
@@ -81,7 +90,7 @@ class ExampleMaker:
         frame_keys = sorted((k for k in sample if k.startswith("frame_") and k.endswith(".jpg")),
                             key=lambda k: int(k[len("frame_"):-len(".jpg")]))
         if len(frame_keys) < 2:
-            raise ValueError(f"session has {len(frame_keys)} frames; a turn needs 2")
+            raise UnusableSample("missing_member", f"session has {len(frame_keys)} frames; a turn needs 2")
         if "turns.json" in sample:
             instructions = {t["index"]: t.get("instruction") for t in json.loads(sample["turns.json"])}
         else:  # unannotated sessions: the txt member's lines, one per turn
@@ -99,22 +108,25 @@ class ExampleMaker:
             examples.append(Example(f"{sample['__key__']}#{k}", "image", frames[k], frames[k + 1], reference,
                                     instructions[k]))
         if not examples:
-            raise ValueError("session has no annotated turn")
+            raise UnusableSample("no_annotated_turn", "session has no annotated turn")
         return examples
 
     def _edit(self, sample: dict[str, Any], kind: str, rng: random.Random) -> Example:
         instruction = sample.get("txt", b"").decode()
         position = self._position(rng)
-        if "tgt.mp4" in sample:
+        # checked before any decoding, so a sample short of members costs no decode time
+        ext = "mp4" if "tgt.mp4" in sample else "jpg"
+        needed = [f"src.{ext}", f"tgt.{ext}"] + (["ref.png"] if kind == "quad" else [])
+        missing = [m for m in needed if m not in sample]
+        if missing:
+            raise UnusableSample("missing_member", f"{kind} sample {sample.get('__key__')} lacks {', '.join(missing)} "
+                                                   f"(members: {sorted(k for k in sample if not k.startswith('__'))})")
+        if ext == "mp4":
             source, target = self._clip_pair(sample["src.mp4"], sample["tgt.mp4"], rng, position)
-        elif "tgt.jpg" in sample:
+        else:
             bucket = self._bucket(*media.image_size(sample["tgt.jpg"]))
             source, target = (self._image(sample[f"{side}.jpg"], bucket, position) for side in ("src", "tgt"))
-        else:
-            raise ValueError(f"{kind} sample has neither tgt.jpg nor tgt.mp4 (members: {sorted(sample)})")
         if kind == "quad":
-            if "ref.png" not in sample:
-                raise ValueError("quad sample has no ref.png")
             bucket = media.Bucket(target.shape[2], target.shape[1])
             reference = media.letterbox(media.decode_image(sample["ref.png"]), bucket)
         else:
