@@ -31,7 +31,7 @@ from curation.media.edit_media import encode_h264
 from curation.media.probe import open_container, video_stream
 from curation.media.timing import clip_span
 from curation.regions.roe import decode_mask_png
-from curation.stages.base.vlm import BudgetedStage, image_edit_check
+from curation.stages.base.vlm import EditorBackedStage
 
 
 class EraseColumns(BaseModel):
@@ -41,7 +41,7 @@ class EraseColumns(BaseModel):
     removal_usage: VLMUsage | None = Field(None, description="api backend: requests, cache hits, USD spent on this clip")
 
 
-class Erase(BudgetedStage, RemovalConfig):
+class Erase(EditorBackedStage, RemovalConfig):
     """Remove the masked object from every frame of a clip; keep the original and erased clips as MP4s."""
 
     name: ClassVar[str] = "erase"
@@ -63,15 +63,6 @@ class Erase(BudgetedStage, RemovalConfig):
     def setup(self) -> None:
         self._remover = make_remover(self, self.budget())
         self._remover.open()
-
-    def uses_gpu(self) -> bool:
-        return self.backend == "diffusers"
-
-    def usd_per_request(self, prompt_tokens: float, completion_tokens: float) -> float | None:
-        return self.api.usd_per_image if self.backend == "api" and self.api is not None else 0.0
-
-    def api_check(self) -> str | None:
-        return image_edit_check(self.api if self.backend == "api" else None)
 
     def models(self) -> dict[str, ModelRef]:
         model = make_remover(self).model()  # built, not opened: nothing loads

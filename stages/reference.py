@@ -31,7 +31,7 @@ from curation.media.jpeg import decode_image
 from curation.prompts.templates import PromptTemplate, load_template
 from curation.regions.roe import decode_mask_png
 from curation.stages.base.scope import CategoryScope
-from curation.stages.base.vlm import BudgetedStage, image_edit_check
+from curation.stages.base.vlm import EditorBackedStage
 
 
 class ReferenceColumns(BaseModel):
@@ -48,7 +48,7 @@ class ReferenceColumns(BaseModel):
         "<provider>:<model> for an API, whose terms then apply to it")
 
 
-class Reference(BudgetedStage, SynthesisConfig, CategoryScope):
+class Reference(EditorBackedStage, SynthesisConfig, CategoryScope):
     """Synthesize the reference image (object cutout or inpainted background) and make the sample a quad."""
 
     name: ClassVar[str] = "reference"
@@ -70,15 +70,6 @@ class Reference(BudgetedStage, SynthesisConfig, CategoryScope):
         self._synthesizer.open()
 
     usage_column: ClassVar[str] = "reference_usage"
-
-    def uses_gpu(self) -> bool:
-        return self.backend == "diffusers"
-
-    def usd_per_request(self, prompt_tokens: float, completion_tokens: float) -> float | None:
-        return self.api.usd_per_image if self.backend == "api" and self.api is not None else 0.0
-
-    def api_check(self) -> str | None:
-        return image_edit_check(self.api if self.backend == "api" else None)
 
     def model_devices(self) -> dict[str, str]:
         device = getattr(self._synthesizer, "device", None)

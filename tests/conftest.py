@@ -44,3 +44,19 @@ def audit_run(tmp_path_factory, ray_local) -> Path:
     from tests.fixtures.audit_run import build_audit_run
 
     return build_audit_run(tmp_path_factory.mktemp("audit"))
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """The test plugin (tests/fixtures/plugin_stages.py) installed for one test: its distribution's
+    metadata on sys.path, its module pickled by value for Ray workers. Yields the site directory
+    (a subprocess gets it through PYTHONPATH)."""
+    import ray.cloudpickle
+
+    from tests.fixtures import plugin_stages
+
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    plugin_stages.install_plugin(tmp_path / "site")
+    ray.cloudpickle.register_pickle_by_value(plugin_stages)
+    yield tmp_path / "site"
+    plugin_stages.forget_registry()  # monkeypatch takes the plugin off sys.path

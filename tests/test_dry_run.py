@@ -14,27 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from curation.core.config import compose
 from curation.core.runner import run
 
-from tests.fixtures import plugin_stages
-from tests.fixtures.plugin_stages import forget_registry, install_plugin
 from tests.fixtures.vlm_servers import gemini_server, ok, openai_server
 
 KEY = "sk-test-dry-run"
-
-
-@pytest.fixture
-def plugin(tmp_path, monkeypatch):
-    import ray.cloudpickle
-
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    install_plugin(tmp_path / "site")
-    ray.cloudpickle.register_pickle_by_value(plugin_stages)
-    yield tmp_path / "site"
-    forget_registry()
 
 
 def _args(tmp_path: Path, url: str, *extra: str, stages: str = "count_source,ask_number,ask_again") -> list[str]:

@@ -20,12 +20,14 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from curation.backends.budget import Budget
+from curation.backends.models import model_ref
 from curation.backends.transport import TransportConfig, transport_default
 from curation.backends.usage import VLMError, VLMUsage
 from curation.backends.vlm_base import Completion, EmptyResponse, VLMBackend, VLMReply, VLMRequest, image_mime, short
 from curation.backends.vlm_gemini import GeminiVLM
 from curation.backends.vlm_openai import OpenAIVLM
 from curation.core.config_change import RUN_ONLY
+from curation.core.stage import ModelRef
 
 # Reason prefix of an answer that carries no image (Gemini answered in text, or refused).
 NO_IMAGE = "image_edit_no_image"
@@ -223,3 +225,21 @@ _EDITORS: dict[str, type[ImageEditor]] = {"openai": OpenAIImageEditor, "gemini":
 def make_image_editor(cfg: ImageEditConfig, budget: Budget | None = None) -> ImageEditor:
     """The editor `cfg.backend` names. Nothing connects until `open()` or the first batch."""
     return _EDITORS[cfg.backend](cfg, budget)
+
+
+class EditorClient:
+    """What a backend that calls an image-edit API holds: the config, the run's budget, and the
+    editor, opened once per worker (reference synthesis's and object removal's `api` backends)."""
+
+    def __init__(self, cfg: ImageEditConfig, budget: Budget | None = None):
+        self.cfg = cfg
+        self.budget = budget  # the run's ledger (shared by every worker), or None: no cap
+        self._editor: ImageEditor | None = None
+
+    def open(self) -> None:
+        """Create the editor and its client (a failure to connect is only logged: each request retries it)."""
+        self._editor = make_image_editor(self.cfg, self.budget)
+        self._editor.open()
+
+    def model(self) -> ModelRef:
+        return model_ref(self.cfg.model, f"api:{self.cfg.backend}:{self.cfg.model}")

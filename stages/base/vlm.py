@@ -252,6 +252,21 @@ class VLMStage(BudgetedStage):
         return notes
 
 
+class EditorBackedStage(BudgetedStage):
+    """A paid stage whose `backend` (a field of its config mix-in) is `api` (an image-edit API,
+    configured in `api`), `diffusers` (a local pipeline, on a GPU share) or an offline method:
+    reference synthesis and object removal."""
+
+    def uses_gpu(self) -> bool:
+        return self.backend == "diffusers"
+
+    def usd_per_request(self, prompt_tokens: float, completion_tokens: float) -> float | None:
+        return self.api.usd_per_image if self.backend == "api" and self.api is not None else 0.0
+
+    def api_check(self) -> str | None:
+        return image_edit_check(self.api if self.backend == "api" else None)
+
+
 def image_edit_check(api: ImageEditConfig | None) -> str | None:
     """`api_check` of a stage that pays an image-edit API (reference, erase): its endpoint asked,
     nothing generated; None without one."""

@@ -20,21 +20,7 @@ from curation.core import config_change, layout, storage
 from curation.core.config import build_stage, compose
 from curation.core.runner import run
 
-from tests.fixtures import plugin_stages
-from tests.fixtures.plugin_stages import forget_registry, install_plugin
-
 STAGES = ["count_source", "pair_up", "keep_even"]
-
-
-@pytest.fixture
-def plugin(tmp_path, monkeypatch):
-    import ray.cloudpickle
-
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    install_plugin(tmp_path / "site")
-    ray.cloudpickle.register_pickle_by_value(plugin_stages)
-    yield tmp_path / "site"
-    forget_registry()
 
 
 def _args(run_dir: Path, *extra: str) -> list[str]:

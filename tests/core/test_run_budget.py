@@ -22,20 +22,7 @@ from curation.core.config import compose
 from curation.core.runinfo import run_spend
 from curation.core.runner import run
 
-from tests.fixtures import plugin_stages
-from tests.fixtures.plugin_stages import forget_registry, install_plugin
 from tests.fixtures.vlm_servers import ok, openai_server
-
-
-@pytest.fixture
-def plugin(tmp_path, monkeypatch):
-    import ray.cloudpickle
-
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    install_plugin(tmp_path / "site")
-    ray.cloudpickle.register_pickle_by_value(plugin_stages)
-    yield tmp_path / "site"
-    forget_registry()
 
 
 def _args(tmp_path, server, max_usd: float, *extra: str) -> list[str]:

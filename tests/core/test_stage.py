@@ -16,8 +16,7 @@ from curation.core.runner import run
 from curation.core.schema import SampleRow, arrow_schema, make_sample_id, rows_to_table
 from curation.core.stage import ModelRef, SinkStage, get_stage_class, stage_kind, stage_names
 
-from tests.fixtures import plugin_stages
-from tests.fixtures.plugin_stages import CountSource, KeepEven, NumberColumns, forget_registry, install_plugin, rows_of
+from tests.fixtures.plugin_stages import CountSource, KeepEven, NumberColumns, rows_of
 
 
 def _row(uri: str, **columns) -> dict:
@@ -82,18 +81,6 @@ def test_a_source_stage_lists_once_and_appends_what_appears_later(tmp_path):
     grown = CountSource(fragment_size=2).input_fragments("count://7", stage_dir)
     assert grown[:3] == first and len(grown) == 4
     assert storage.read_table(grown[3]).column("source_uri").to_pylist() == ["count://5", "count://6"]
-
-
-@pytest.fixture
-def plugin(tmp_path, monkeypatch):
-    """The plugin installed for this test only (its metadata on sys.path), pickled by value for Ray."""
-    import ray.cloudpickle
-
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    install_plugin(tmp_path / "site")
-    ray.cloudpickle.register_pickle_by_value(plugin_stages)
-    yield
-    forget_registry()  # monkeypatch takes the plugin off sys.path
 
 
 def test_a_plugin_pipeline_starts_from_a_source_stage_that_reads_no_files(tmp_path, plugin, ray_local):

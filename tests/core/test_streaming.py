@@ -20,22 +20,10 @@ from curation.core.resources import Cluster, plan_chains
 from curation.core.runner import run
 from curation.core.stage import Resources
 
-from tests.fixtures import plugin_stages
-from tests.fixtures.plugin_stages import KeepEven, PairUp, forget_registry, install_plugin
+from tests.fixtures.plugin_stages import KeepEven, PairUp
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ["count_source", "pair_up", "keep_even"]
-
-
-@pytest.fixture
-def plugin(tmp_path, monkeypatch):
-    import ray.cloudpickle
-
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    install_plugin(tmp_path / "site")
-    ray.cloudpickle.register_pickle_by_value(plugin_stages)
-    yield tmp_path / "site"
-    forget_registry()
 
 
 def _manifests(run_dir: Path) -> dict[str, pa.Table]:

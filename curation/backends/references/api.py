@@ -8,37 +8,25 @@ from __future__ import annotations
 from curation.backends.budget import Budget
 from curation.backends.image_edit import (
     BAD_OUTPUT,
+    EditorClient,
     ImageEditConfig,
-    ImageEditor,
     ImageEditReply,
     ImageEditRequest,
-    make_image_editor,
 )
-from curation.backends.models import model_ref
 from curation.backends.references.base import ReferenceInput, ReferenceSynthesizer, Synthesized
 from curation.backends.references.composite import encode_reference_png
 from curation.backends.references.editor_input import EditorInput
 from curation.backends.usage import VLMError
-from curation.core.stage import ModelRef, StageError, failure_reason
+from curation.core.stage import StageError, failure_reason
 from curation.media.jpeg import decode_image
 
 
-class ApiSynthesizer(ReferenceSynthesizer):
+class ApiSynthesizer(EditorClient, ReferenceSynthesizer):
     name = "api"
 
     def __init__(self, cfg: ImageEditConfig, editor_input: EditorInput, budget: Budget | None = None):
-        self.cfg = cfg
+        super().__init__(cfg, budget)
         self.editor_input = editor_input
-        self.budget = budget  # shared by every worker of the stage (a ledger), or None: no cap
-        self._editor: ImageEditor | None = None
-
-    def open(self) -> None:
-        """Create the editor and its client (a failure to connect is only logged: each request retries it)."""
-        self._editor = make_image_editor(self.cfg, self.budget)
-        self._editor.open()
-
-    def model(self) -> ModelRef:
-        return model_ref(self.cfg.model, f"api:{self.cfg.backend}:{self.cfg.model}")
 
     def generator(self) -> str:
         return f"{self.cfg.backend}:{self.cfg.model}"  # the provider first: its terms cover what it made

@@ -15,34 +15,23 @@ import cv2
 import numpy as np
 
 from curation.backends.budget import Budget
-from curation.backends.image_edit import BAD_OUTPUT, ImageEditConfig, ImageEditor, ImageEditRequest, make_image_editor
-from curation.backends.models import model_ref
+from curation.backends.image_edit import BAD_OUTPUT, EditorClient, ImageEditConfig, ImageEditRequest
 from curation.backends.removal.base import ObjectRemover, RemovalFailed, check_clip, keep_outside
 from curation.backends.removal.temporal import dilate_masks
 from curation.backends.usage import VLMError, VLMUsage
-from curation.core.stage import ModelRef, StageError
+from curation.core.stage import StageError
 from curation.media.jpeg import decode_image
 
 
-class ApiRemover(ObjectRemover):
+class ApiRemover(EditorClient, ObjectRemover):
     name = "api"
 
     def __init__(self, cfg: ImageEditConfig, prompt: str, dilate_px: int, budget: Budget | None = None):
         if cfg.backend != "openai":
             raise ValueError(f"the api remover needs an API that takes a mask (openai images.edit), not {cfg.backend}")
-        self.cfg = cfg
+        super().__init__(cfg, budget)
         self.prompt = prompt
         self.dilate_px = dilate_px
-        self.budget = budget  # shared by every worker of the stage (a ledger), or None: no cap
-        self._editor: ImageEditor | None = None
-
-    def open(self) -> None:
-        """Create the editor and its client (a failure to connect is only logged: each request retries it)."""
-        self._editor = make_image_editor(self.cfg, self.budget)
-        self._editor.open()
-
-    def model(self) -> ModelRef:
-        return model_ref(self.cfg.model, f"api:{self.cfg.backend}:{self.cfg.model}")
 
     def remove(self, frames: list[np.ndarray], masks: list[np.ndarray]) -> list[np.ndarray]:
         if self._editor is None:
