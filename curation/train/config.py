@@ -101,6 +101,7 @@ def compose_train(overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     values = OmegaConf.to_container(merged, resolve=True)
     if not values["data"]["shards"]:
         raise TrainConfigError("give the training data: shards=<shards dir, .tar, brace pattern or URLs>")
+    values["data"]["regions"] = values["flow"]["region_weight"] != 1.0  # decode edit masks only for the masked loss
     if values["model"]["size"] not in DIT_SIZES:
         raise TrainConfigError(f"unknown model size {values['model']['size']!r}; known: {', '.join(DIT_SIZES)}")
     try:

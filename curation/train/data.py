@@ -9,6 +9,8 @@ stream up to that count, decodes only the waiting examples, and continues exactl
 
 Kinds are mixed per batch by ratio (InstructX 0.6 video / 0.4 image; Kiwi-Edit stage 3
 image : video : reference = 2 : 1 : 1): each batch is drawn from one group, so its shapes agree.
+Quads form the reference group, or with `data.quads=modality` join their modality's group (their
+reference frame keeps them in buckets of their own). Each group fills batches of its own size.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from curation.train.data_config import GROUPS, KIND_GROUPS, DataConfig
+from curation.train.data_config import GROUPS, KIND_GROUPS, DataConfig, kind_group
 from curation.train.examples import Example, ExampleMaker, UnusableSample, sample_kind, seed_of
+from curation.train.sessions import SessionExample, collate_sessions
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +86,10 @@ def list_shards(spec: str) -> list[str]:
     return urls
 
 
-def shard_groups(url: str) -> set[str]:
+def shard_groups(url: str, quads: str = "group") -> set[str]:
     """Groups a shard holds, from the `<shard>.stats.json` our shard stage writes beside it; all
-    groups when there is none (the stream then filters sample by sample)."""
+    groups when there is none (the stream then filters sample by sample). Stats count quads without
+    their modality, so with quads=modality a shard holding quads may feed both image and video."""
     if not url.endswith(".tar") or not ("://" not in url or _pyarrow_uri(url)):
         return set(GROUPS)
     stats_url = url[: -len(".tar")] + ".stats.json"
@@ -94,7 +98,8 @@ def shard_groups(url: str) -> set[str]:
             stats = json.loads(stream.read())
     except (FileNotFoundError, OSError, ValueError):
         return set(GROUPS)
-    return {KIND_GROUPS[k] for k in stats.get("by_kind", {}) if k in KIND_GROUPS}
+    kinds = [k for k in stats.get("by_kind", {}) if k in KIND_GROUPS]
+    return {kind_group(k, video, quads) for k in kinds for video in (False, True)}
 
 
 # ---- one group's stream ---------------------------------------------------------------------
@@ -119,6 +124,7 @@ class GroupStream:
         self.group, self.urls, self.filter_group = group, urls, filter_group
         self.config, self.slot, self.num_slots = config, slot, num_slots
         self.make = ExampleMaker(config)
+        self.batch_size = config.batch_size_of(group)
         self.skipped: Counter[str] = Counter()
         self.pending: dict[tuple[Any, ...], list[Example]] = {}
         self.ready: deque[list[Example]] = deque()
@@ -155,10 +161,15 @@ class GroupStream:
         if set(found) != waiting:
             raise RuntimeError(f"cannot resume the data stream: {len(waiting - set(found))} waiting examples are no "
                                "longer in the shards (were they rewritten?)")
-        self.ready.extend([found[tuple(w)] for w in batch] for batch in state["ready"])
-        for batch in state["pending"]:
-            bucket = [found[tuple(w)] for w in batch]
-            self.pending[bucket[0].batch_key] = bucket
+        # Bucketed afresh, in their saved order: the same buckets when the config is the saved one, and
+        # consistent batches when a resolution schedule re-made them at another size (aspects that
+        # shared a bucket side at one resolution may not at another).
+        for batch in state["ready"] + state["pending"]:
+            for example in (found[tuple(w)] for w in batch):
+                bucket = self.pending.setdefault(example.batch_key, [])
+                bucket.append(example)
+                if len(bucket) == self.batch_size:
+                    self.ready.append(self.pending.pop(example.batch_key))
 
     def _raw_stream(self, epoch: int, counting: bool = True) -> Iterator[dict[str, Any]]:
         """This slot's undecoded samples of one epoch, shuffled; counts what it hands out."""
@@ -199,7 +210,7 @@ class GroupStream:
             for i, sample in enumerate(wds.tariterators.group_by_keys(files, handler=counted)):
                 if not by_shard and i % self.num_slots != self.slot:
                     continue  # fewer shards than slots: split sample by sample instead
-                if self.filter_group and KIND_GROUPS.get(self._kind(sample)) != self.group:
+                if self.filter_group and self._group(sample) != self.group:
                     continue
                 yield sample
 
@@ -218,11 +229,13 @@ class GroupStream:
             self.consumed += counting
             yield sample
 
-    def _kind(self, sample: dict[str, Any]) -> str:
+    def _group(self, sample: dict[str, Any]) -> str | None:
+        """The group a raw sample feeds, without decoding it (None for an unreadable kind)."""
         try:
-            return sample_kind(sample)
+            kind = sample_kind(sample)
         except (ValueError, KeyError):
-            return "unknown"
+            return None
+        return kind_group(kind, "tgt.mp4" in sample, self.config.quads)
 
     def next_batch(self) -> list[Example]:
         """The next full batch; raises `EmptyGroup` when an epoch holds no sample of this group."""
@@ -254,22 +267,28 @@ class GroupStream:
             for example in examples:
                 bucket = self.pending.setdefault(example.batch_key, [])
                 bucket.append(example)
-                if len(bucket) == self.config.batch_size:
+                if len(bucket) == self.batch_size:
                     self.ready.append(self.pending.pop(example.batch_key))
         return self.ready.popleft()
 
 
 # ---- the dataset a DataLoader iterates ------------------------------------------------------
 
-def collate(examples: list[Example]) -> dict[str, Any]:
+def collate(examples: list[Example] | list[SessionExample]) -> dict[str, Any]:
     """Examples of one shape -> uint8 tensors (N, C, T, H, W); float conversion happens on the
-    training device, so workers ship a quarter of the bytes."""
+    training device, so workers ship a quarter of the bytes. Session sequences have their own layout."""
+    if isinstance(examples[0], SessionExample):
+        return collate_sessions(examples)
+
     def stack(name: str) -> torch.Tensor:
         return torch.from_numpy(np.stack([getattr(e, name) for e in examples])).permute(0, 4, 1, 2, 3)
 
-    return {"source": stack("source"), "target": stack("target"), "reference": stack("reference"),
-            "instruction": [e.instruction for e in examples], "keys": [e.key for e in examples],
-            "group": examples[0].group}
+    batch = {"source": stack("source"), "target": stack("target"), "reference": stack("reference"),
+             "instruction": [e.instruction for e in examples], "keys": [e.key for e in examples],
+             "group": examples[0].group}
+    if examples[0].region is not None:  # the batch key keeps examples with and without regions apart
+        batch["region"] = stack("region")  # (N, 1, 1, H, W)
+    return batch
 
 
 class ShardStream(torch.utils.data.IterableDataset):
@@ -281,7 +300,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.config, self.rank, self.world_size = config, rank, world_size
         self.streams, self.offset = streams or {}, offset
         self.urls = list_shards(config.shards)
-        self.groups = {url: shard_groups(url) for url in self.urls}
+        self.groups = {url: shard_groups(url, config.quads) for url in self.urls}
         hollow = [u for u, groups in self.groups.items() if not groups]
         if hollow:
             log.warning("skipping %d shard(s) whose stats count no trainable sample: %s", len(hollow), ", ".join(hollow[:3]))

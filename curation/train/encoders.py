@@ -11,9 +11,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+from curation.train.mllm import MLLMConfig
 
 # diffusers VAE classes whose encoders take (N, C, T, H, W) clips; every other class is an image
 # VAE that sees each frame on its own.
@@ -35,6 +38,9 @@ class EncoderConfig(BaseModel):
     bytes_dim: int = Field(64, gt=0, description="width of the `bytes` text embeddings")
     latent_cache: str | None = Field(None, description="directory caching each example's latents, keyed by the "
                                      "encoder and a hash of its pixels (saves VAE encodes on later epochs)")
+    conditioner: Literal["text", "mllm"] = Field("text", description="the DiT's text context: text (the frozen `text` "
+                                                 "encoder) or mllm (Qwen2.5-VL with learnable queries, `mllm` below)")
+    mllm: MLLMConfig = MLLMConfig()
 
 
 # ---- VAEs -----------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Raw shard samples -> training examples: decoded, bucketed frames with their instruction.
 
 Only the shard contract (DESIGN.md §5) is assumed: a `json` member naming the kind, `txt`, `src/tgt`
-as `.jpg` or `.mp4`, `ref.png`, and `frame_<i>.jpg` + `turns.json` for sessions.
+as `.jpg` or `.mp4`, `ref.png`, `mask_src.png`/`mask_tgt.png` for grounded edits, and
+`frame_<i>.jpg` + `turns.json` + `mask_<k>_src.png`/`mask_<k>_tgt.png` for sessions (planned into
+multi-turn sequences by sessions.py).
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import json
 import random
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from curation.train import media
-from curation.train.data_config import KIND_GROUPS, DataConfig
+from curation.train.data_config import DataConfig, kind_group
+from curation.train.sessions import SessionExample, TurnData, plan_sequences
 
 
 def seed_of(*parts: Any) -> int:
@@ -43,10 +47,11 @@ class Example:
     reference: np.ndarray  # (R, H, W, C), R = 0 without references
     instruction: str
     epoch: int = 0  # the stream epoch that made it (a bucket may carry it over into the next)
+    region: np.ndarray | None = None  # (1, H, W, 1) uint8 0/255: the edit's grounded region, for the masked loss
 
     @property
     def batch_key(self) -> tuple[Any, ...]:
-        return (self.group, *self.target.shape, self.reference.shape[0])
+        return (self.group, *self.target.shape, self.reference.shape[0], self.region is not None)
 
 
 def sample_kind(sample: dict[str, Any]) -> str:
@@ -68,7 +73,7 @@ class ExampleMaker:
     def __init__(self, config: DataConfig):
         self.config = config
 
-    def __call__(self, sample: dict[str, Any], epoch: int) -> list[Example]:
+    def __call__(self, sample: dict[str, Any], epoch: int) -> list[Example] | list[SessionExample]:
         kind = sample_kind(sample)
         rng = random.Random(seed_of(self.config.seed, epoch, sample["__key__"]))
         examples = self._session(sample, rng) if kind == "session" else [self._edit(sample, kind, rng)]
@@ -86,30 +91,45 @@ class ExampleMaker:
     def _image(self, data: bytes, bucket: media.Bucket, position: tuple[float, float]) -> np.ndarray:
         return media.crop(media.decode_image(data, bucket), bucket, position)
 
-    def _session(self, sample: dict[str, Any], rng: random.Random) -> list[Example]:
+    def _session(self, sample: dict[str, Any], rng: random.Random) -> list[Example] | list[SessionExample]:
         frame_keys = sorted((k for k in sample if k.startswith("frame_") and k.endswith(".jpg")),
                             key=lambda k: int(k[len("frame_"):-len(".jpg")]))
         if len(frame_keys) < 2:
             raise UnusableSample("missing_member", f"session has {len(frame_keys)} frames; a turn needs 2")
         if "turns.json" in sample:
-            instructions = {t["index"]: t.get("instruction") for t in json.loads(sample["turns.json"])}
-        else:  # unannotated sessions: the txt member's lines, one per turn
-            lines = sample.get("txt", b"").decode().splitlines()
-            instructions = dict(enumerate(lines))
+            entries = {t["index"]: t for t in json.loads(sample["turns.json"])}
+        else:  # sessions written without turns: the txt member's lines, one instruction per turn
+            entries = {k: {"instruction": line} for k, line in enumerate(sample.get("txt", b"").decode().splitlines())}
         bucket = self._bucket(*media.image_size(sample[frame_keys[0]]))
         position = self._position(rng)
         frames = [self._image(sample[k], bucket, position) for k in frame_keys]  # each (1, H, W, C)
+        if not any(entries.get(k, {}).get("instruction") for k in range(len(frames) - 1)):
+            raise UnusableSample("no_annotated_turn", "session has no annotated turn")
+        if self.config.session.mode == "sequence":
+            turns = [self._turn(sample, k, entries.get(k, {}), bucket, position) for k in range(len(frames) - 1)]
+            tokens = (bucket.width // self.config.size_multiple) * (bucket.height // self.config.size_multiple)
+            return plan_sequences(sample["__key__"], frames, turns, self.config.session, tokens, rng)
         examples = []
         for k in range(len(frames) - 1):
-            if not instructions.get(k):
+            instruction = entries.get(k, {}).get("instruction")
+            if not instruction:
                 continue  # a turn the VLM could not annotate carries no instruction to learn from
             context = frames[max(0, k - self.config.max_context):k]
             reference = np.concatenate(context) if context else np.zeros((0, *frames[k].shape[1:]), np.uint8)
-            examples.append(Example(f"{sample['__key__']}#{k}", "image", frames[k], frames[k + 1], reference,
-                                    instructions[k]))
-        if not examples:
-            raise UnusableSample("no_annotated_turn", "session has no annotated turn")
+            examples.append(Example(f"{sample['__key__']}#{k}", "image", frames[k], frames[k + 1], reference, instruction))
         return examples
+
+    def _turn(self, sample: dict[str, Any], k: int, entry: dict[str, Any], bucket: media.Bucket,
+              position: tuple[float, float]) -> TurnData:
+        """Turn k's text, camera label and, when its RoE was found, both masks cropped like the frames
+        (a PNG mask decodes to 3 equal channels: VINCIE encodes masks as RGB images)."""
+        turn = TurnData(entry.get("instruction"), entry.get("camera"), entry.get("roe"))
+        names = (f"mask_{k}_src.png", f"mask_{k}_tgt.png")
+        if turn.roe == "found" and all(n in sample for n in names):
+            # decoded only if the plan uses them: dropout leaves most maps out of the sequence
+            turn.src_mask, turn.tgt_mask = (
+                partial(lambda data: media.crop(media.decode_mask(data, bucket), bucket, position), sample[n]) for n in names)
+        return turn
 
     def _edit(self, sample: dict[str, Any], kind: str, rng: random.Random) -> Example:
         instruction = sample.get("txt", b"").decode()
@@ -131,7 +151,20 @@ class ExampleMaker:
             reference = media.letterbox(media.decode_image(sample["ref.png"]), bucket)
         else:
             reference = np.zeros((0, *target.shape[1:]), np.uint8)
-        return Example(f"{sample['__key__']}#0", KIND_GROUPS[kind], source, target, reference, instruction)
+        region = self._region(sample, target, position) if self.config.regions else None
+        group = kind_group(kind, ext == "mp4", self.config.quads)
+        return Example(f"{sample['__key__']}#0", group, source, target, reference, instruction, region=region)
+
+    def _region(self, sample: dict[str, Any], target: np.ndarray, position: tuple[float, float]) -> np.ndarray | None:
+        """Where the edit happens, for the masked loss: the union of the grounded source and target
+        masks (what leaves and what arrives), cropped like the frames. A video edit's masks are of its
+        key frame and stand for every frame. None when the sample carries no masks."""
+        names = [n for n in ("mask_src.png", "mask_tgt.png") if n in sample]
+        if not names:
+            return None
+        bucket = media.Bucket(target.shape[2], target.shape[1])
+        masks = [media.crop(media.decode_image(sample[n], bucket), bucket, position)[..., :1] for n in names]
+        return np.maximum.reduce(masks)
 
     def _clip_pair(self, src: bytes, tgt: bytes, rng: random.Random,
                    position: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:

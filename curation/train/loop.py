@@ -26,7 +26,10 @@ from curation.train import flow
 from curation.train.config import TrainConfig
 from curation.train.data import LoaderPosition, build_loader
 from curation.train.encoders import LatentCache, load_codec, load_text_encoder
+from curation.train.mllm import MLLMConditioner
 from curation.train.model import DiTEditor, build_model
+from curation.train.session_step import session_inputs, session_preview
+from curation.train.sessions import TASKS
 
 log = logging.getLogger("curate.train")
 CHECKPOINT = "checkpoint.pt"
@@ -107,20 +110,26 @@ class Trainer:
         self.output = Path(config.output)
         self.bf16 = use_bf16(config.precision, env.device)
         self.codec = load_codec(config.encoder, env.device)
-        self.text_encoder = load_text_encoder(config.encoder, env.device)
+        mllm = config.encoder.conditioner == "mllm"  # its queries are the DiT's text context: no text encoder
+        self.text_encoder = None if mllm else load_text_encoder(config.encoder, env.device)
         self.latent_cache = LatentCache(config.encoder.latent_cache, self.codec.name) if config.encoder.latent_cache else None
         torch.manual_seed(config.seed)  # the same initial weights on every rank and every run
         self.model: DiTEditor = build_model(config.model.size, patch_size=tuple(config.model.patch_size),
                                             mlp_ratio=config.model.mlp_ratio, in_channels=self.codec.channels,
-                                            text_dim=self.text_encoder.dim).to(env.device)
+                                            text_dim=config.encoder.mllm.out_dim if mllm else self.text_encoder.dim).to(env.device)
+        # after the DiT, from the same seeded RNG: its queries and connector start alike on every rank and run
+        self.conditioner = MLLMConditioner(config.encoder.mllm, env.device, self.bf16) if mllm else None
         self.ema = EMA(self.model, config.optim.ema_decay)
         optim = config.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=optim.lr, betas=optim.betas,
-                                           weight_decay=optim.weight_decay)
+        trained = [{"params": list(self.model.parameters())}]
+        if self.conditioner is not None:  # queries, connector, LoRA
+            trained.append({"params": [p for p in self.conditioner.parameters() if p.requires_grad]})
+        self.optimizer = torch.optim.AdamW(trained, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / max(1, optim.warmup_steps)))
         self.generator = torch.Generator().manual_seed(config.seed * 1_000_003 + env.rank)
         self.step = 0
+        self.task_losses: dict[str, float] = {}  # the last step's loss per session task (rank-local)
         self.position = LoaderPosition(config.data.num_workers)
         self.ddp = self.model
         if env.world_size > 1:
@@ -140,7 +149,8 @@ class Trainer:
             ranks = [per_rank]
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "step": self.step, "world_size": self.env.world_size,
-                "ranks": ranks, "config": self.config.model_dump(mode="json")}
+                "ranks": ranks, "config": self.config.model_dump(mode="json"),
+                **({"conditioner": self.conditioner.trainable_state_dict()} if self.conditioner is not None else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["world_size"] != self.env.world_size:
@@ -149,7 +159,12 @@ class Trainer:
         saved_model = state["config"]["model"]
         if saved_model != self.config.model.model_dump(mode="json"):
             raise ValueError(f"checkpoint model {saved_model} differs from this run's {self.config.model.model_dump(mode='json')}")
+        if ("conditioner" in state) != (self.conditioner is not None):
+            raise ValueError(f"checkpoint was trained with encoder.conditioner={state['config']['encoder'].get('conditioner', 'text')}; "
+                             f"resume with it or start a new output=")
         self.model.load_state_dict(state["model"])
+        if self.conditioner is not None:
+            self.conditioner.load_trainable_state_dict(state["conditioner"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -173,31 +188,55 @@ class Trainer:
             return self.latent_cache.encode(self.codec, frames, lambda x: to_pixels(x, self.env.device)).to(self.env.device)
         return self.codec.encode(to_pixels(frames, self.env.device))
 
+    def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 3, R, H, W) separate frames (references, session segments) -> (N, c, R, h, w): each is
+        its own image, also for video VAEs, which would otherwise compress them as one clip."""
+        n, c, r, h, w = frames.shape
+        latents = self.encode(frames.transpose(1, 2).reshape(n * r, c, 1, h, w))  # (N*R, c, 1, h', w')
+        return latents.view(n, r, *latents.shape[1:]).transpose(1, 2).flatten(2, 3)  # (N, c, R, h', w')
+
     def conditions(self, batch: dict[str, Any]) -> dict[str, Any]:
-        text, text_mask = self.text_encoder.encode(batch["instruction"])
+        if self.conditioner is not None:  # trained: under autocast like the DiT, with gradients
+            with torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                text, text_mask = self.conditioner(batch["instruction"], batch["source"], batch["reference"], batch["group"])
+        else:
+            text, text_mask = self.text_encoder.encode(batch["instruction"])
         reference = batch["reference"]
-        n, c, r, h, w = reference.shape
-        ref_latents = None
-        if r:  # each reference frame is its own image, also for video VAEs
-            frames = reference.transpose(1, 2).reshape(n * r, c, 1, h, w)
-            latents = self.encode(frames)  # (N*R, c, 1, h', w')
-            ref_latents = latents.view(n, r, *latents.shape[1:]).transpose(1, 2).flatten(2, 3)  # (N, c, R, h', w')
-        return {"text": text.float(), "text_mask": text_mask, "source": self.encode(batch["source"]), "reference": ref_latents}
+        ref_latents = self.encode_frames(reference) if reference.shape[2] else None
+        conditions = {"text": text.float(), "text_mask": text_mask, "source": self.encode(batch["source"]),
+                      "reference": ref_latents}
+        if "region" in batch:  # the masked loss's weights (flow.region_weight)
+            conditions["region"] = batch["region"].to(self.env.device).float() / 255.0
+        return conditions
 
     def train_step(self, batches: list[dict[str, Any]]) -> float:
         """One optimizer step over `grad_accum` micro-batches; returns the mean loss (across ranks)."""
         total = 0.0
+        tasks: list[torch.Tensor] = []
         for i, batch in enumerate(batches):
-            x1 = self.encode(batch["target"])
-            conditions = self.conditions(batch)
+            session = batch.get("layout") == "session"
+            if session:  # a whole session: every turn's target in one pass (sessions.py)
+                x1, inputs = session_inputs(self, batch)
+            else:
+                x1, inputs = self.encode(batch["target"]), self.conditions(batch)
+            losses_of = flow.session_losses if session else flow.training_losses
             sync = i == len(batches) - 1 or self.env.world_size == 1
             context = self.ddp.no_sync() if not sync and hasattr(self.ddp, "no_sync") else nullcontext()
             with context, torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                losses = flow.training_losses(self.ddp, x1, conditions, self.config.flow, self.generator)
+                losses = losses_of(self.ddp, x1, inputs, self.config.flow, self.generator)
                 (losses["loss"] / len(batches)).backward()
             total += losses["loss"].item() / len(batches)
+            if session:
+                tasks.append(losses["task_mse"].float().cpu())
+        # this rank's mean loss per session task over the step's micro-batches (NaN: the task did not occur)
+        self.task_losses = {name: float(v) for name, v in zip(TASKS, torch.stack(tasks).nanmean(0))
+                            if not torch.isnan(v)} if tasks else {}
+        if self.conditioner is not None and self.env.world_size > 1:
+            # Not a DDP wrapper: the conditioner runs in conditions(), outside the DiT's no_sync window.
+            self.conditioner.all_reduce_grads()
         if self.config.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+            trained = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(trained, self.config.optim.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -214,8 +253,11 @@ class Trainer:
         """Sample with the EMA model from fixed noise and save a grid: source | target | sample."""
         from curation.train.preview import save_grid
 
+        if batch.get("layout") == "session":
+            return session_preview(self, batch)
         count = min(self.config.preview_count, len(batch["keys"]))
         subset = {k: v[:count] for k, v in batch.items() if k in ("source", "target", "reference", "instruction")}
+        subset["group"] = batch["group"]  # the MLLM conditioner's query set
         conditions = self.conditions(subset)
         x1 = self.encode(subset["target"])
         noise = torch.randn(x1.shape, generator=torch.Generator().manual_seed(self.config.seed)).to(x1)
@@ -252,7 +294,8 @@ def train(config: TrainConfig, keep_records: bool = False) -> list[StepRecord]:
     if trainer.step >= config.steps:
         log.info("already at step %d of %d; nothing to do", trainer.step, config.steps)
         return records
-    loader, position = build_loader(config.data, env.rank, env.world_size, trainer.position)
+    data = config.data.at_step(trainer.step)  # a run resumed past a scheduled switch reads at the switched size
+    loader, position = build_loader(data, env.rank, env.world_size, trainer.position)
     batches = iter(loader)
     metrics = (trainer.output / "metrics.jsonl").open("a") if env.main else None
     keys_log = None
@@ -263,6 +306,13 @@ def train(config: TrainConfig, keep_records: bool = False) -> list[StepRecord]:
     window_start, window_examples = time.perf_counter(), 0
     try:
         while trainer.step < config.steps:
+            if config.data.at_step(trainer.step).resolution != data.resolution:
+                # A scheduled switch: a new loader continues from the consumed position, so the batches
+                # the old one prefetched and the examples waiting in buckets are decoded at the new size.
+                data, batches = config.data.at_step(trainer.step), None
+                loader, position = build_loader(data, env.rank, env.world_size, position)
+                batches = iter(loader)
+                log.info("step %d: data.resolution %d from here on (data.resolution_schedule)", trainer.step, data.resolution)
             micro = [next(batches) for _ in range(config.optim.grad_accum)]
             for batch in micro:
                 position.consumed(batch)
@@ -277,8 +327,9 @@ def train(config: TrainConfig, keep_records: bool = False) -> list[StepRecord]:
             if metrics and (trainer.step % config.log_every == 0 or trainer.step == config.steps):
                 elapsed = time.perf_counter() - window_start
                 line = {"step": trainer.step, "loss": loss, "lr": trainer.scheduler.get_last_lr()[0],
-                        "samples_per_s": window_examples / elapsed, "group": micro[-1]["group"],
-                        "skipped": position.skipped(), "time": time.time()}
+                        "samples_per_s": window_examples / elapsed, "group": micro[-1]["group"], "resolution": data.resolution,
+                        "skipped": position.skipped(), "time": time.time(),
+                        **{f"loss_{task}": value for task, value in trainer.task_losses.items()}}
                 if config.log_sample_keys:
                     line["keys"] = keys
                 metrics.write(json.dumps(line) + "\n")

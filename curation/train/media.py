@@ -68,6 +68,18 @@ def decode_image(data: bytes, cover: Bucket | None = None) -> np.ndarray:
         return np.asarray(rgb)[None]
 
 
+def decode_mask(data: bytes, cover: Bucket) -> np.ndarray:
+    """A 0/255 mask PNG -> (1, H, W, 3) uint8 covering `cover`, resized on one channel and then
+    replicated to 3 (VINCIE encodes masks as RGB images); a third of the work of an RGB resize."""
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    with Image.open(io.BytesIO(data)) as image:
+        gray = image.convert("L")
+        size = cover_size(*gray.size, cover)
+        if gray.size != size:
+            gray = gray.resize(size, Image.BILINEAR, reducing_gap=2.0)
+        return np.repeat(np.asarray(gray)[None, :, :, None], 3, axis=3)
+
+
 def letterbox(frame: np.ndarray, bucket: Bucket) -> np.ndarray:
     """(1, H, W, C) -> (1, bucket) keeping all of the image, padded with black: a reference must
     keep its whole object, so it is fitted, never cropped."""

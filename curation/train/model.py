@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from curation.train.sequence_model import SessionEmbed, sequence_forward
+
 
 @dataclass
 class DiTConfig:
@@ -34,8 +36,13 @@ DIT_SIZES: dict[str, dict[str, int]] = {
 }
 
 
+def per_token(v: torch.Tensor) -> torch.Tensor:
+    """(N, D) per-sample conditioning -> (N, 1, D); (N, L, D) per-token conditioning stays."""
+    return v.unsqueeze(1) if v.dim() == 2 else v
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    return x * (1 + per_token(scale)) + per_token(shift)
 
 
 #################################################################################
@@ -160,7 +167,8 @@ class Attention(nn.Module):
         n, length, dim = x.shape
         q = self.q(x).view(n, length, self.num_heads, -1).transpose(1, 2)  # (N, h, L, d)
         k, v = self.kv(context).view(n, context.shape[1], 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # 2 x (N, h, S, d)
-        attn_mask = None if mask is None else mask[:, None, None, :]  # (N, 1, 1, S) True = attend
+        # (N, S) masks keys for every query; (N, L, S) masks per query (session sequences). True = attend
+        attn_mask = None if mask is None else mask[:, None, None, :] if mask.dim() == 2 else mask[:, None]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, h, L, d)
         return self.out(out.transpose(1, 2).reshape(n, length, dim))  # (N, L, D)
 
@@ -179,12 +187,14 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, hidden_size))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 x (N, D)
+    def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+                self_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """c: (N, D), or (N, L, D) when tokens carry their own t (session sequences)."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)  # 6 x (N, [L,] D)
         h = modulate(self.norm1(x), shift_msa, scale_msa)  # (N, L, D)
-        x = x + gate_msa.unsqueeze(1) * self.self_attn(h, h)  # (N, L, D)
+        x = x + per_token(gate_msa) * self.self_attn(h, h, self_mask)  # (N, L, D)
         x = x + self.cross_attn(self.norm2(x), context, context_mask)  # (N, L, D)
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm3(x), shift_mlp, scale_mlp))  # (N, L, D)
+        x = x + per_token(gate_mlp) * self.mlp(modulate(self.norm3(x), shift_mlp, scale_mlp))  # (N, L, D)
         return x
 
 
@@ -198,7 +208,7 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.hidden_size, 2 * config.hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)  # 2 x (N, D)
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # 2 x (N, [L,] D)
         return self.linear(modulate(self.norm(x), shift, scale))  # (N, L, pt*ph*pw*C)
 
 
@@ -219,6 +229,7 @@ class DiTEditor(nn.Module):
         self.text_embed = TextEmbed(config)
         self.source = SourceInjection(config)
         self.reference = ReferenceEmbed(config)
+        self.session = SessionEmbed(config.hidden_size)
         self.blocks = nn.ModuleList(DiTBlock(config.hidden_size, config.num_heads, config.mlp_ratio) for _ in range(config.depth))
         self.final = FinalLayer(config)
         self._init_weights()
@@ -251,12 +262,18 @@ class DiTEditor(nn.Module):
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (N, C, T', pt, H', ph, W', pw)
         return x.reshape(n, self.config.in_channels, t * pt, h * ph, w * pw)  # (N, C, T, H, W)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
-                source: torch.Tensor, reference: torch.Tensor | None = None,
-                drop_text: torch.Tensor | None = None, drop_source: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None, source: torch.Tensor | None = None,
+                reference: torch.Tensor | None = None, drop_text: torch.Tensor | None = None,
+                drop_source: torch.Tensor | None = None, session: dict | None = None) -> torch.Tensor:
         """x, source: (N, C, T, H, W); t: (N,); text: (N, S, E); text_mask: (N, S) bool, True = token;
         reference: (N, C, R, H, W) or None; drop_*: (N,) bool, the conditions classifier-free
-        guidance trains without (a dropped source is zeros)."""
+        guidance trains without (a dropped source is zeros).
+
+        With `session` (segment tensors and text pieces, see sequence_model.py), x is a whole session
+        (N, C, S, H, W) of clean context and noised targets and t is (N, S): one pass trains every turn."""
+        if session is not None:
+            return sequence_forward(self, x, t, session, drop_text)
         if drop_source is not None:
             source = source * (~drop_source).to(source.dtype)[:, None, None, None, None]  # (N, C, T, H, W)
         tokens, grid = self.x_embed(x)  # (N, L, D)
@@ -271,6 +288,7 @@ class DiTEditor(nn.Module):
             tokens = block(tokens, c, context, context_mask)  # (N, L + R, D)
         out = self.final(tokens[:, :num_target], c)  # (N, L, pt*ph*pw*C)
         return self.unpatchify(out, grid)  # (N, C, T, H, W)
+
 
 
 def build_model(size: str, **overrides) -> DiTEditor:

@@ -29,7 +29,10 @@ def shards(tmp_path_factory, ray_local) -> dict[str, Path]:
 
 
 def config(spec: str, **overrides) -> DataConfig:
-    options = dict(shards=spec, resolution=64, batch_size=2, num_workers=0, shuffle_buffer=4)
+    """Sessions as per-turn examples: these tests check the stream's mechanics (splits, buckets,
+    resume), for which many small examples of one shape serve best; whole-session sequences have
+    their own tests (test_sessions.py, test_session_training.py)."""
+    options = dict(shards=spec, resolution=64, batch_size=2, num_workers=0, shuffle_buffer=4, session={"mode": "turns"})
     options.update(overrides)
     return DataConfig(**options)
 
@@ -59,6 +62,13 @@ def test_mp4_and_jpg_samples_decode_to_c_t_h_w(shards):
     assert seen[("image", 0)] == ((1, 3, 1, 48, 80),) * 2 + ((1, 3, 0, 48, 80),)
     assert seen[("reference", 1)] == ((1, 3, 1, 48, 80),) * 3
     assert seen[("image", 1)][2] == (1, 3, 1, 48, 80)  # a session's second turn sees frame 0 as context
+    # as whole sequences, a 3-frame session without RoE maps holds 2 turns: frame 0, target 1, frame 1, target 2
+    # (less a current frame the 20% context dropout took)
+    loader, _ = build_loader(config(str(shards["sessions"]), batch_size=1, session={"mode": "sequence"}))
+    for batch in islice(iter(loader), 6):
+        assert batch["layout"] == "session" and batch["frames"].dtype == torch.uint8
+        assert batch["frames"].shape[:2] == (1, 3) and batch["frames"].shape[3:] == (48, 80)
+        assert 2 <= batch["frames"].shape[2] <= 4 and batch["segment_task"].eq(0).sum() == 2
 
 
 def test_frames_are_the_real_pixels_resized(shards):
