@@ -498,6 +498,14 @@ def run_train(s: Settings) -> list[dict[str, Any]]:
         rows.append(dict(case=f"{size} {channels}x{'x'.join(map(str, shape))} batch {batch} refs {refs}", **result,
                          matmul_flops_per_s=matmul, mfu_vs_matmul=result["flops_per_s"] / matmul,
                          mfu_vs_peak=result["flops_per_s"] / peak_flops if peak_flops else None))
+    for case in train_step.SESSION_CASES["gpu" if bf16 else "cpu"][: s.train_cases or None]:  # multi-turn sessions
+        result = train_step.run_session_case(case, device, bf16, s.train_steps)
+        size, channels, (h, w), _, sessions, frames, _ = case
+        flops = result["sequence_flops_per_s"]
+        rows.append(dict(case=f"{size} sessions {sessions}x{frames} frames {channels}x{h}x{w}", **result,
+                         tokens_per_s=result["sequence_tokens_per_s"], flops_per_s=flops, matmul_flops_per_s=matmul,
+                         mfu_vs_matmul=flops / matmul, mfu_vs_peak=flops / peak_flops if peak_flops else None,
+                         sequence_vs_prefix_turns=result["sequence_turns_per_s"] / result["prefix_turns_per_s"]))
     return rows
 
 
@@ -586,7 +594,9 @@ def run(s: Settings) -> dict[str, Any]:
             report["train"] = out
             for t in out:
                 peak_part = f", MFU vs peak {t['mfu_vs_peak']:.1%}" if t["mfu_vs_peak"] else ""
-                print(f"train {t['case']}: {t['params_m']:.1f}M params, {t['steps_per_s']:.2f} steps/s, {t['tokens_per_s']:,.0f} tokens/s, "
+                rate = (f"{t['sequence_turns_per_s']:.1f} turns/s = {t['sequence_vs_prefix_turns']:.2f}x per-prefix turns"
+                        if "sequence_vs_prefix_turns" in t else f"{t['steps_per_s']:.2f} steps/s")
+                print(f"train {t['case']}: {t['params_m']:.1f}M params, {rate}, {t['tokens_per_s']:,.0f} tokens/s, "
                       f"MFU vs matmul {t['mfu_vs_matmul']:.1%}{peak_part}", flush=True)
         else:
             for row in out:

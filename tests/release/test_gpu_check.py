@@ -55,6 +55,9 @@ def test_cpu_dry_run(tmp_path, device_imports):
     assert vlm["path"].startswith("LocalVLM") is not device_imports, vlm["path"]
     assert report["train"] and set(report["train"][0]) == TRAIN_KEYS
     assert report["train"][0]["mfu_vs_matmul"] > 0
+    sessions = report["train"][1]  # the multi-turn case: whole-session sequences vs per-prefix turns
+    assert "sessions" in sessions["case"] and sessions["mfu_vs_matmul"] > 0
+    assert sessions["sequence_turns_per_s"] > 0 and sessions["sequence_vs_prefix_turns"] > 0
 
     env = report["env"]
     if device_imports:
