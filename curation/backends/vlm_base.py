@@ -575,7 +575,7 @@ class VLMBackend(ABC):
             done: Completion | None = None
             failure = Failure("vlm_internal: backend returned no completion", retryable=False)
             async with in_flight:
-                if self.budget is not None:
+                if self.budget is not None and self.budget.max_usd is not None:  # no cap: nothing to ask the ledger
                     try:
                         await asyncio.to_thread(self.budget.check)
                     except VLMError as e:

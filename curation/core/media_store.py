@@ -164,15 +164,31 @@ def _parallel(fn: Callable[[T], R], items: list[T]) -> list[R]:
 # --------------------------------------------------------------------------------------------
 
 
+class Inlined:
+    """What `inline` read, so `store` gives media that come back unchanged their own reference
+    instead of a copy. A blob handed on as is is found by identity, with no hashing (a VLM stage
+    passes hundreds of frames per batch through untouched); only when a stage returns new bytes
+    are the inputs hashed, once, to catch new bytes equal to an input."""
+
+    def __init__(self, data: dict[str, bytes]):
+        self._data = data  # holds the blobs, so their ids stay theirs until `store` is done
+        self.by_id = {id(blob): ref for ref, blob in data.items()}
+        self._by_digest: dict[str, str] | None = None
+
+    def by_digest(self) -> dict[str, str]:
+        if self._by_digest is None:
+            self._by_digest = {hashlib.sha256(blob).hexdigest(): ref for ref, blob in self._data.items()}
+        return self._by_digest
+
+
 def inline(rows: list[dict[str, Any]], schema: pa.Schema, run_dir: str | None,
-           columns: Collection[str] | None = None) -> dict[str, str]:
+           columns: Collection[str] | None = None) -> Inlined:
     """Replace the references in the media columns of `rows` (all, or just `columns`) by the bytes
-    they name, in place, reading the files concurrently. Returns {sha256: reference} of what was
-    read, so `store` gives media that come back unchanged their reference instead of a copy."""
+    they name, in place, reading the files concurrently. Returns what was read, for `store`."""
     refs = list(dict.fromkeys(ref for ref, _ in _values(rows, schema, str, columns)))
     data = dict(zip(refs, _parallel(lambda ref: load(ref, run_dir), refs)))
     map_media(rows, schema, lambda value, _: data[value] if isinstance(value, str) else value, columns)
-    return {hashlib.sha256(blob).hexdigest(): ref for ref, blob in data.items()}
+    return Inlined(data)
 
 
 def inlined_rows(table: pa.Table, run_dir: str | None, columns: Collection[str] | None = None) -> list[dict[str, Any]]:
@@ -183,19 +199,24 @@ def inlined_rows(table: pa.Table, run_dir: str | None, columns: Collection[str] 
     return rows
 
 
-def store(rows: list[dict[str, Any]], schema: pa.Schema, media: MediaStore, known: dict[str, str]) -> None:
+def store(rows: list[dict[str, Any]], schema: pa.Schema, media: MediaStore, known: Inlined | None = None) -> None:
     """Replace the bytes in the media columns of `rows` by references, in place: bytes `inline`
     read get their own reference back (`known`); new ones are stored once in the stage's media dir."""
-    digests: dict[int, str] = {}  # id of a bytes object in rows -> its sha256
+    known = known or Inlined({})
+    by_id = dict(known.by_id)  # id of a bytes object in rows -> its reference
+    digests: dict[int, str] = {}  # id of a new bytes object -> its sha256
     new: dict[str, tuple[bytes, str]] = {}
     for value, ext in _values(rows, schema, (bytes, bytearray)):
-        if id(value) not in digests:
-            digests[id(value)] = digest = hashlib.sha256(value).hexdigest()
-            if digest not in known:
-                new.setdefault(digest, (bytes(value), ext))
-    refs = dict(known)
-    refs.update(zip(new, _parallel(lambda d: media._put(new[d][0], new[d][1], d), list(new))))
-    map_media(rows, schema, lambda value, _: refs[digests[id(value)]] if isinstance(value, (bytes, bytearray)) else value)
+        if id(value) in by_id or id(value) in digests:
+            continue
+        digests[id(value)] = digest = hashlib.sha256(value).hexdigest()
+        if digest in known.by_digest():
+            by_id[id(value)] = known.by_digest()[digest]
+        else:
+            new.setdefault(digest, (bytes(value), ext))
+    stored = dict(zip(new, _parallel(lambda d: media._put(new[d][0], new[d][1], d), list(new))))
+    by_id.update((key, stored[digest]) for key, digest in digests.items() if digest in stored)
+    map_media(rows, schema, lambda value, _: by_id[id(value)] if isinstance(value, (bytes, bytearray)) else value)
 
 
 def absolutize(table: pa.Table, run_dir: str) -> pa.Table:

@@ -109,6 +109,26 @@ def test_put_writes_each_content_once_under_a_run_relative_reference(tmp_path):
     assert media_store.is_absolute(elsewhere) and media_store.load(elsewhere, None) == b"frame"
 
 
+def test_media_passed_through_keep_their_reference_without_hashing_and_new_media_are_stored(tmp_path):
+    """A stage that hands its input frames on untouched costs no hashing (found by identity); bytes
+    it makes that equal an input get the input's reference; other new bytes are stored once."""
+    run_dir = tmp_path / "run"
+    upstream = MediaStore(run_dir=str(run_dir), stage_dir=str(run_dir / "01-a"))
+    refs = [upstream.put(b"frame-%d" % i, "jpg") for i in range(3)]
+    schema = pa.schema([pa.field("frames", pa.list_(pa.string()), metadata={b"curate.media": b"jpg"})])
+    rows = [{"frames": refs[:2]}, {"frames": refs[2:]}]
+    known = media_store.inline(rows, schema, str(run_dir))
+    assert rows[0]["frames"] == [b"frame-0", b"frame-1"]
+    media = MediaStore(run_dir=str(run_dir), stage_dir=str(run_dir / "02-b"))
+    passed = [dict(row) for row in rows]
+    media_store.store(passed, schema, media, known)
+    assert [r["frames"] for r in passed] == [refs[:2], refs[2:]] and known._by_digest is None  # nothing hashed
+    made = [{"frames": [b"frame-0", b"new frame"]}]  # equal to an input (another object), and new
+    media_store.store(made, schema, media, known)
+    assert made[0]["frames"][0] == refs[0] and made[0]["frames"][1].startswith("02-b/media/")
+    assert media_store.load(made[0]["frames"][1], str(run_dir)) == b"new frame"
+
+
 def test_a_relative_reference_needs_its_run_dir():
     with pytest.raises(ValueError, match="relative to a run dir"):
         media_store.resolve("04-x/media/ab/ab.jpg", None)
@@ -132,7 +152,7 @@ def test_shard_size_estimates_count_referenced_files_as_they_counted_bytes(tmp_p
     ref_schema = pa.schema([pa.field("frames", pa.list_(pa.string()), metadata={b"curate.media": b"jpg"}),
                             pa.field("mask", pa.string(), metadata={b"curate.media": b"png"})])
     rows = inline.to_pylist()
-    media_store.store(rows, ref_schema, store, {})
+    media_store.store(rows, ref_schema, store)
     referenced = pa.Table.from_pylist(rows, schema=ref_schema)
     assert isinstance(referenced.column("mask")[0].as_py(), str)
     assert estimated_tar_bytes(referenced, str(tmp_path)).tolist() == estimated_tar_bytes(inline).tolist()
