@@ -36,13 +36,17 @@ DIT_SIZES: dict[str, dict[str, int]] = {
 }
 
 
-def per_token(v: torch.Tensor) -> torch.Tensor:
-    """(N, D) per-sample conditioning -> (N, 1, D); (N, L, D) per-token conditioning stays."""
-    return v.unsqueeze(1) if v.dim() == 2 else v
+def per_token(v: torch.Tensor, length: int) -> torch.Tensor:
+    """Conditioning broadcast over `length` tokens: (N, D) per sample -> (N, 1, D); (N, S, D) per
+    segment of length/S tokens each (session sequences) -> (N, L, D), so the adaLN maps run once per
+    segment rather than once per token."""
+    if v.dim() == 2:
+        return v.unsqueeze(1)
+    return v if v.shape[1] == length else v.repeat_interleave(length // v.shape[1], dim=1)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + per_token(scale)) + per_token(shift)
+    return x * (1 + per_token(scale, x.shape[1])) + per_token(shift, x.shape[1])
 
 
 #################################################################################
@@ -189,12 +193,12 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
                 self_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """c: (N, D), or (N, L, D) when tokens carry their own t (session sequences)."""
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)  # 6 x (N, [L,] D)
+        """c: (N, D), or (N, S, D) when each of S equal segments of the tokens has its own t (sessions)."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)  # 6 x (N, [S,] D)
         h = modulate(self.norm1(x), shift_msa, scale_msa)  # (N, L, D)
-        x = x + per_token(gate_msa) * self.self_attn(h, h, self_mask)  # (N, L, D)
+        x = x + per_token(gate_msa, x.shape[1]) * self.self_attn(h, h, self_mask)  # (N, L, D)
         x = x + self.cross_attn(self.norm2(x), context, context_mask)  # (N, L, D)
-        x = x + per_token(gate_mlp) * self.mlp(modulate(self.norm3(x), shift_mlp, scale_mlp))  # (N, L, D)
+        x = x + per_token(gate_mlp, x.shape[1]) * self.mlp(modulate(self.norm3(x), shift_mlp, scale_mlp))  # (N, L, D)
         return x
 
 
@@ -208,7 +212,7 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.hidden_size, 2 * config.hidden_size))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # 2 x (N, [L,] D)
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)  # 2 x (N, [S,] D)
         return self.linear(modulate(self.norm(x), shift, scale))  # (N, L, pt*ph*pw*C)
 
 

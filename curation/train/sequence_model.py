@@ -92,7 +92,7 @@ def sequence_forward(model: Any, x: torch.Tensor, t: torch.Tensor, session: dict
     kind = session["kind"] + 2 * noisy.long()  # (N, S)
     tokens = tokens.view(n, s, per, -1) + (model.session.turn(session["turn"]) + model.session.kind(kind))[:, :, None]
     tokens = tokens.flatten(1, 2)  # (N, L = S*P, D)
-    c = model.t_embed(t.flatten()).view(n, s, -1).repeat_interleave(per, dim=1)  # (N, L, D)
+    c = model.t_embed(t.flatten()).view(n, s, -1)  # (N, S, D): one t per segment, broadcast to its tokens
     self_mask = segment_mask(session["order"], noisy, session["valid"]).repeat_interleave(per, 1).repeat_interleave(per, 2)
     context, text_order = _text_context(model, session, n, drop_text, x.device)  # (N, Lt, D), (N, Lt)
     segment_order = session["order"].repeat_interleave(per, dim=1)  # (N, L)
