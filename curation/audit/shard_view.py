@@ -101,20 +101,38 @@ def trainer_view(shards: str, entry: ShardEntry) -> TrainerView:
         examples = ExampleMaker(DataConfig(shards=shards, random_crop=False))(read_members(shards, entry), 0)
     except Exception as e:  # noqa: BLE001 - the page shows why the trainer would skip it
         return TrainerView((), (), f"{type(e).__name__}: {e}")
-    info = tuple({"index": i, "instruction": ex.instruction, "group": ex.group, "shape": list(ex.target.shape),
-                  "references": len(ex.reference)} for i, ex in enumerate(examples))
+    info = tuple(_describe(i, ex) for i, ex in enumerate(examples))
     return TrainerView(info, tuple(example_jpeg(ex) for ex in examples), None)
 
 
+def _describe(index: int, example: Any) -> dict[str, Any]:
+    if hasattr(example, "segments"):  # a whole-session sequence: targets of every turn, the rest context
+        height, width = example.segments[0].pixels.shape[1:3]
+        context = sum(not s.noisy for s in example.segments)
+        return {"index": index, "instruction": example.instruction, "group": example.group,
+                "shape": [len(example.segments), height, width, 3], "references": context,
+                "targets": len(example.segments) - context}
+    return {"index": index, "instruction": example.instruction, "group": example.group,
+            "shape": list(example.target.shape), "references": len(example.reference)}
+
+
 def example_jpeg(example: Any) -> bytes:
-    """source | target | references (middle frame of each), the instruction under them."""
+    """source | target | references (middle frame of each), the instruction under them; a session
+    sequence shows its segments in order, each target labelled with its task."""
     def middle(frames: np.ndarray) -> np.ndarray:
         return frames[frames.shape[0] // 2]
 
-    tiles = [middle(example.source), middle(example.target)] + [r for r in example.reference]
+    if hasattr(example, "segments"):
+        from curation.train.sessions import TASKS
+
+        tiles = [s.pixels[0] for s in example.segments]
+        label = " | ".join(TASKS[s.task] if s.noisy else ("mask" if s.kind else f"frame {s.turn}") for s in example.segments)
+    else:
+        tiles = [middle(example.source), middle(example.target)] + [r for r in example.reference]
+        label = f"source | target | {len(example.reference)} reference(s)"
     row = np.concatenate(tiles, axis=1)
     caption = Image.new("RGB", (row.shape[1], 16), "white")
-    ImageDraw.Draw(caption).text((3, 2), f"source | target | {len(example.reference)} reference(s)", fill="black")
+    ImageDraw.Draw(caption).text((3, 2), label, fill="black")
     out = io.BytesIO()
     Image.fromarray(np.concatenate([row, np.asarray(caption)], axis=0)).save(out, "JPEG", quality=90)
     return out.getvalue()

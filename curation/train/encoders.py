@@ -45,6 +45,12 @@ class EncoderConfig(BaseModel):
 
 # ---- VAEs -----------------------------------------------------------------------------------
 
+def to_pixels(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N, C, T, H, W) -> float32 in [-1, 1] on the device, the codecs' input range (the
+    loader's workers ship uint8, a quarter of the bytes)."""
+    return frames.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
+
 class IdentityCodec:
     """Pixel space: latents are the frames in [-1, 1]."""
 

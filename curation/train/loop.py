@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from curation.train import flow
 from curation.train.config import TrainConfig
 from curation.train.data import LoaderPosition, build_loader
-from curation.train.encoders import LatentCache, load_codec, load_text_encoder
+from curation.train.encoders import LatentCache, load_codec, load_text_encoder, to_pixels
 from curation.train.mllm import MLLMConditioner
 from curation.train.model import DiTEditor, build_model
 from curation.train.session_step import session_inputs, session_preview
@@ -88,11 +88,6 @@ class EMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.updates = state["updates"]
-
-
-def to_pixels(frames: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (N, C, T, H, W) -> float32 in [-1, 1] on the device (workers ship uint8)."""
-    return frames.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from curation.train.positions import sincos_1d, sincos_3d
 from curation.train.sequence_model import SessionEmbed, sequence_forward
 
 
@@ -53,21 +54,6 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 #                          Positions and embedding layers                       #
 #################################################################################
 
-def _sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, device=positions.device) / max(dim // 2, 1))
-    angles = positions.float()[:, None] * freqs[None]  # (L, dim/2)
-    return torch.cat([angles.sin(), angles.cos()], dim=1)  # (L, dim)
-
-
-def sincos_3d(grid: tuple[int, int, int], dim: int, device: torch.device) -> torch.Tensor:
-    """Fixed (T, H, W) sin-cos positions, computed per call so any bucket shape works."""
-    axis_dim = (dim // 6) * 2
-    t, h, w = torch.meshgrid(*(torch.arange(n, device=device) for n in grid), indexing="ij")
-    parts = [_sincos_1d(axis.flatten(), axis_dim) for axis in (t, h, w)]  # 3 x (L, axis_dim)
-    pos = torch.cat(parts, dim=1)  # (L, 3 * axis_dim)
-    return F.pad(pos, (0, dim - pos.shape[1]))  # (L, D)
-
-
 class PatchEmbed3d(nn.Module):
     """(N, C, T, H, W) latents -> (N, L, D) tokens, one per (pt, ph, pw) voxel block."""
 
@@ -95,7 +81,7 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        freq = _sincos_1d(t * 1000.0, self.frequency_size)  # (N, F)
+        freq = sincos_1d(t * 1000.0, self.frequency_size)  # (N, F)
         return self.mlp(freq.to(self.mlp[0].weight.dtype))  # (N, D)
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from curation.train.positions import sincos_3d
+
 MAX_TURNS = 64  # <TURN> and turn-index embeddings; VINCIE's sessions have at most 19 turns
 
 
@@ -80,8 +82,6 @@ def sequence_forward(model: Any, x: torch.Tensor, t: torch.Tensor, session: dict
     """x: (N, C, S, H, W) segments (clean context as data, targets noised); t: (N, S), 1 for clean;
     session: the batch's segment tensors (N, S) kind/turn/order/task/valid and its encoded text
     pieces. Returns the velocity (N, C, S, H, W); only the targets' entries are trained."""
-    from curation.train.model import sincos_3d
-
     n, channels, s, h, w = x.shape
     if model.config.patch_size[0] != 1:
         raise ValueError(f"session sequences need model.patch_size[0] = 1 (one frame per segment), not {model.config.patch_size[0]}")

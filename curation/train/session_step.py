@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from curation.train import flow
+from curation.train.encoders import to_pixels
 from curation.train.sessions import camera_prompt
 
 SEGMENT_KEYS = ("kind", "turn", "order", "task")
@@ -48,7 +49,6 @@ def session_inputs(trainer: Any, batch: dict[str, Any], camera: str = "data") ->
 def session_preview(trainer: Any, batch: dict[str, Any]) -> Path:
     """Sample every target of the first sessions with the EMA model and save a grid of each
     session's first target: the frame before it | the true target | the sample."""
-    from curation.train.loop import to_pixels  # loop imports this module
     from curation.train.preview import save_grid
 
     count = min(trainer.config.preview_count, len(batch["keys"]))

@@ -221,7 +221,8 @@ def test_shard_view_shows_members_and_the_trainers_examples(audit_run, server):
     html = body.decode()
     assert status == 200 and shard in html and "turns.json" in html and "frame_0.jpg" in html
     examples = re.findall(rf'src="(/shard/{sample_id}/example-\d+\.jpg)"', html)
-    assert examples  # one per annotated turn
+    assert examples  # one per session sequence (a run of annotated turns)
+    assert "a session sequence of" in html and "target(s)" in html
     for path in examples + re.findall(rf'src="(/shard/{sample_id}/member-[^"]+\.jpg)"', html)[:2]:
         status, data, headers = raw_get(port, path)
         assert status == 200 and headers["content-type"] == "image/jpeg" and data[:2] == b"\xff\xd8"
