@@ -96,7 +96,7 @@ def test_extras_refer_to_the_distribution_by_its_name():
     for req in self_refs:
         assert canonicalize_name(req.name) == name, f"{req}: the distribution is {name}, not {req.name}"
         assert set(req.extras) <= set(extras), f"{req}: unknown extras {set(req.extras) - set(extras)}"
-    assert {str(r) for r in self_refs} == {"curation[clip,faiss,nsfw,quality,s3]"}
+    assert {str(r) for r in self_refs} == {"curation[clip,faiss,mllm,nsfw,quality,s3]"}
     # vllm pins its own torch (pyproject.toml says why): installed apart, never part of `all`; editscore
     # is installed without its dependencies (scripts/setup.sh), which an extra in `all` would resolve;
     # dashboard (Ray's web UI for cluster.dashboard=true) is opt-in: no stage needs its server stack.
