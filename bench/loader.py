@@ -38,7 +38,8 @@ from curation.train.data import DataConfig, build_loader
 VIDEO_SUFFIXES = {".mp4", ".mkv"}
 
 
-def _session_frames(path: Path, count: int) -> list[bytes]:
+def session_frames(path: Path, count: int) -> list[bytes]:
+    """Every 10th frame of a video, as JPEG, until `count` (what a session's frame_<i>.jpg hold)."""
     frames = []
     with av.open(str(path)) as container:
         for i, frame in enumerate(container.decode(video=0)):
@@ -66,7 +67,7 @@ def build_shards(out: Path, clip_frames: int, repeat: int) -> dict[str, int]:
         row = dict(sample_id=f"triplet{i}", kind="triplet", edit_kind="triplet", source_uri=str(video),
                    target_uri=str(video), instruction=f"edit clip {i}", parent_ids=[])
         base.append((row["sample_id"], sample_members(row, media)))
-        frames = _session_frames(video, 4)  # the members `sample_members` writes for an annotated session
+        frames = session_frames(video, 4)  # the members `sample_members` writes for an annotated session
         turns = [{"index": k, "instruction": f"turn {k}", "camera": "none"} for k in range(len(frames) - 1)]
         members = {f"frame_{k}.jpg": f for k, f in enumerate(frames)}
         members["turns.json"] = json.dumps(turns).encode()

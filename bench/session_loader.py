@@ -27,8 +27,8 @@ import time
 from itertools import islice
 from pathlib import Path
 
-import av
 import numpy as np
+from loader import raw_rate, session_frames  # bench/, the script's own directory
 from PIL import Image
 
 from curation.shards.writer import sample_members, write_tar
@@ -37,32 +37,15 @@ from curation.train.data import DataConfig, build_loader
 VIDEO_SUFFIXES = {".mp4", ".mkv"}
 
 
-def video_frames(path: Path, step: int, limit: int) -> list[np.ndarray]:
-    frames = []
-    with av.open(str(path)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i % step == 0:
-                frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) == limit:
-                break
-    return frames
-
-
 def _png(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(mask).save(buf, "PNG")
     return buf.getvalue()
 
 
-def _jpeg(frame: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
-def session_row(key: str, frames: list[np.ndarray]) -> dict:
-    """A session row as `ground` leaves it: frames, annotated turns, a found RoE per turn."""
-    height, width = frames[0].shape[:2]
+def session_row(key: str, frames: list[bytes]) -> dict:
+    """A session row as `ground` leaves it: JPEG frames, annotated turns, a found RoE per turn."""
+    width, height = Image.open(io.BytesIO(frames[0])).size
     roe = []
     for k in range(len(frames) - 1):
         masks = []
@@ -74,7 +57,7 @@ def session_row(key: str, frames: list[np.ndarray]) -> dict:
         roe.append({"turn": k, "outcome": "found", "queries": ["a box"], "detections": [], "src_mask": masks[0],
                     "tgt_mask": masks[1]})
     turns = [{"index": k, "instruction": f"move the box, turn {k}", "camera": "pan-left"} for k in range(len(frames) - 1)]
-    return {"sample_id": key, "kind": "session", "frames": [_jpeg(f) for f in frames], "turns": turns, "roe": roe,
+    return {"sample_id": key, "kind": "session", "frames": frames, "turns": turns, "roe": roe,
             "frame_width": width, "frame_height": height, "parent_ids": []}
 
 
@@ -83,7 +66,7 @@ def build_shards(out: Path, frames: int, repeat: int, long: bool) -> int:
 
     samples = []
     for v, video in enumerate(sorted(p for p in bundled.videos().values() if p.suffix.lower() in VIDEO_SUFFIXES)):
-        decoded = video_frames(video, 10, frames if long else frames * 8)
+        decoded = session_frames(video, frames if long else frames * 8)  # every 10th frame, as JPEG
         chunks = [decoded[:frames]] if long else [decoded[i:i + frames] for i in range(0, len(decoded) - frames + 1, frames)]
         for c, chunk in enumerate(chunks):
             if len(chunk) == frames:
@@ -94,19 +77,6 @@ def build_shards(out: Path, frames: int, repeat: int, long: bool) -> int:
     for s in range(0, len(samples), 16):
         write_tar(str(out / f"train-{s // 16:06d}.tar"), [samples[i] for i in order[s:s + 16]])
     return len(samples)
-
-
-def raw_rate(out: Path, passes: int = 3) -> float:
-    import webdataset as wds
-
-    urls = [{"url": str(p)} for p in sorted(out.glob("*.tar"))]
-    best = 0.0
-    for _ in range(passes):
-        start, count = time.perf_counter(), 0
-        for sample in wds.tarfile_samples(urls):
-            count += sum(len(v) for k, v in sample.items() if not k.startswith("__")) > 0
-        best = max(best, count / (time.perf_counter() - start))
-    return best
 
 
 def loader_rate(out: Path, workers: int, mode: str, args: argparse.Namespace) -> tuple[float, float]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -65,6 +66,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def time_step(step: Callable[[], None], device: torch.device, steps: int) -> tuple[float, float]:
+    """(FLOPs of one step, counted; seconds per step over `steps` timed steps after a warm-up)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return counter.get_total_flops(), (time.perf_counter() - start) / steps
+
+
 def run_case(case, device: torch.device, bf16: bool, steps: int) -> dict[str, float]:
     size, channels, (t, h, w), patch, batch, refs, text_tokens = case
     torch.manual_seed(0)
@@ -86,16 +100,7 @@ def run_case(case, device: torch.device, bf16: bool, steps: int) -> dict[str, fl
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
-    step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    elapsed = (time.perf_counter() - start) / steps
+    flops, elapsed = time_step(step, device, steps)
     pt, ph, pw = patch
     tokens = batch * (t // pt) * (h // ph) * (w // pw) * (1 + refs / max(t, 1) if refs else 1)
     return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "steps_per_s": 1 / elapsed,
@@ -180,16 +185,7 @@ def run_session_case(case, device: torch.device, bf16: bool, steps: int) -> dict
                 "prefix": (prefix_step, sessions * (frames - 1), prefix_tokens)}
     result = {"params_m": sum(p.numel() for p in model.parameters()) / 1e6}
     for name, (step, trained, tokens) in variants.items():
-        with FlopCounterMode(display=False) as counter:
-            step()
-        flops = counter.get_total_flops()
-        step()
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync(device)
-        elapsed = (time.perf_counter() - start) / steps
+        flops, elapsed = time_step(step, device, steps)
         result.update({f"{name}_turns_per_s": trained / elapsed, f"{name}_tokens_per_s": tokens / elapsed,
                        f"{name}_flops_per_s": flops / elapsed})
     return result

@@ -127,9 +127,11 @@ class ExampleMaker:
         names = (f"mask_{k}_src.png", f"mask_{k}_tgt.png")
         if turn.roe == "found" and all(n in sample for n in names):
             # decoded only if the plan uses them: dropout leaves most maps out of the sequence
-            turn.src_mask, turn.tgt_mask = (
-                partial(lambda data: media.crop(media.decode_mask(data, bucket), bucket, position), sample[n]) for n in names)
+            turn.src_mask, turn.tgt_mask = (partial(self._mask, sample[n], bucket, position) for n in names)
         return turn
+
+    def _mask(self, data: bytes, bucket: media.Bucket, position: tuple[float, float]) -> np.ndarray:
+        return media.crop(media.decode_mask(data, bucket), bucket, position)
 
     def _edit(self, sample: dict[str, Any], kind: str, rng: random.Random) -> Example:
         instruction = sample.get("txt", b"").decode()

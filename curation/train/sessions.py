@@ -144,23 +144,18 @@ def _turn_items(b: _Builder, k: int, frames: list[np.ndarray], turn: TurnData, t
     if task != 0 or rng.random() >= config.drop_current_frame:
         b.image(frames[k], IMAGE, k)
     b.text(turn.instruction or "", k, camera=turn.camera, instruction=True)
-    if with_roe and turn.found:
-        if task == 1:
-            b.text(prompts.csp, k)
-            b.image(turn.src_mask, MASK, k, task=1)
+    # (task, prompt, pixels, kind, context dropout) in sequence order; the turn ends with its target
+    items = [(1, prompts.csp, turn.src_mask, MASK, config.drop_current_roe),
+             (2, prompts.nsp, turn.tgt_mask, MASK, config.drop_next_roe)] if with_roe and turn.found else []
+    items.append((0, prompts.nip, frames[k + 1], IMAGE, 1.0))
+    for item_task, prompt, pixels, kind, drop in items:
+        if item_task == task:
+            b.text(prompt, k)
+            b.image(pixels, kind, k, task=task)
             return
-        if rng.random() >= config.drop_current_roe:
-            b.text(prompts.csp, k)
-            b.image(turn.src_mask, MASK, k)
-        if task == 2:
-            b.text(prompts.nsp, k)
-            b.image(turn.tgt_mask, MASK, k, task=2)
-            return
-        if rng.random() >= config.drop_next_roe:
-            b.text(prompts.nsp, k)
-            b.image(turn.tgt_mask, MASK, k)
-    b.text(prompts.nip, k)
-    b.image(frames[k + 1], IMAGE, k, task=0)
+        if rng.random() >= drop:  # a map shown as context, with its prompt
+            b.text(prompt, k)
+            b.image(pixels, kind, k)
 
 
 def plan_sequences(key: str, frames: list[np.ndarray], turns: list[TurnData], config: SessionConfig,

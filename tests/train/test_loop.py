@@ -17,7 +17,7 @@ from curation.train.config import TrainConfigError, compose_train
 from curation.train.loop import CHECKPOINT, train
 
 from tests.fixtures.media import REPO
-from tests.fixtures.training import build_training_shards, save_text_model, save_vae
+from tests.fixtures.training import build_training_shards, same_checkpoints, save_text_model, save_vae
 
 pytestmark = pytest.mark.slow
 
@@ -59,12 +59,8 @@ def test_resume_is_exact_in_weights_and_data_order(shards, tmp_path):
     assert [r.keys for r in straight] == [r.keys for r in first + second]
     assert len({g for r in straight for g in r.keys}) > 4  # the order compared spans many examples
     assert [r.step for r in second] == list(range(k + 1, 2 * k + 1))
-    a, b = (torch.load(tmp_path / d / CHECKPOINT, weights_only=False) for d in ("straight", "resumed"))
-    for name, value in a["model"].items():
-        torch.testing.assert_close(value, b["model"][name], rtol=1e-5, atol=1e-6)
-    for name, value in a["ema"]["model"].items():
-        torch.testing.assert_close(value, b["ema"]["model"][name], rtol=1e-5, atol=1e-6)
-    assert a["step"] == b["step"] == 2 * k and a["ranks"][0]["data"] == b["ranks"][0]["data"]
+    a, _ = same_checkpoints(tmp_path / "straight", tmp_path / "resumed")
+    assert a["step"] == 2 * k
     assert (tmp_path / "resumed" / "previews" / "step_0000006.png").is_file()
     # a finished run reruns as a no-op; a different worker count is refused with the fix
     assert train(compose_train(overrides(shards, tmp_path / "resumed", f"steps={2 * k}", *common)), keep_records=True) == []

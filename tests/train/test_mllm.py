@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from curation.train.config import compose_train
-from curation.train.loop import CHECKPOINT, Distributed, Trainer, train
+from curation.train.loop import Distributed, Trainer, train
 from curation.train.mllm import MLLMConditioner, MLLMConfig, even_frames
 
-from tests.fixtures.training import save_qwen_vl, session_frames, write_tar
+from tests.fixtures.training import same_checkpoints, save_qwen_vl, session_frames, write_tar
 
 CPU = torch.device("cpu")
 QUERIES = {"image": 4, "video": 6, "reference": 8}
@@ -213,14 +213,8 @@ def test_train_with_the_mllm_conditioner_resumes_exactly(edit_shards, qwen_vl, t
     assert [r.keys for r in straight] == [r.keys for r in first + second] and all(r.loss == r.loss for r in straight)
     groups = {json.loads(line)["group"] for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()}
     assert groups == {"image", "video", "reference"}  # every query set trained
-    a, b = (torch.load(tmp_path / d / CHECKPOINT, weights_only=False) for d in ("straight", "resumed"))
-    for part in ("model", "conditioner"):
-        assert a[part].keys() == b[part].keys()
-        for name, value in a[part].items():
-            torch.testing.assert_close(value, b[part][name], rtol=1e-5, atol=1e-6)
-    for name, value in a["ema"]["model"].items():
-        torch.testing.assert_close(value, b["ema"]["model"][name], rtol=1e-5, atol=1e-6)
-    assert a["step"] == b["step"] == 2 * k and a["ranks"][0]["data"] == b["ranks"][0]["data"]
+    a, _ = same_checkpoints(tmp_path / "straight", tmp_path / "resumed", parts=("model", "conditioner"))
+    assert a["step"] == 2 * k
     assert all(name.startswith(("queries.", "connector.")) or ".lora_" in name for name in a["conditioner"])
     assert a["model"]["text_embed.proj.0.weight"].shape[1] == 24  # the DiT reads the connector's width
     assert (tmp_path / "resumed" / "previews" / "step_0000006.png").is_file()

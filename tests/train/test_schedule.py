@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from curation.train import loop, media
 from curation.train.config import TrainConfigError, compose_train
 from curation.train.data import DataConfig, LoaderPosition, ShardStream, build_loader
-from curation.train.loop import CHECKPOINT, train
+from curation.train.loop import train
 
-from tests.fixtures.training import session_frames, write_small_edit_shards, write_tar
+from tests.fixtures.training import same_checkpoints, session_frames, write_small_edit_shards, write_tar
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +110,5 @@ def test_the_schedule_switches_at_its_step_and_resume_is_exact_across_it(shards,
     assert small != large and sizes == [small] * 3 + [large] * 3 + [small] * 3 + [large] * 3  # straight, then resumed
     logged = [json.loads(line)["resolution"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert logged == [32, 32, 32, 48, 48, 48]
-    a, b = (torch.load(tmp_path / d / CHECKPOINT, weights_only=False) for d in ("straight", "resumed"))
-    for name, value in a["model"].items():
-        torch.testing.assert_close(value, b["model"][name], rtol=1e-5, atol=1e-6)
-    assert a["step"] == b["step"] == 6 and a["ranks"][0]["data"] == b["ranks"][0]["data"]
+    a, _ = same_checkpoints(tmp_path / "straight", tmp_path / "resumed")
+    assert a["step"] == 6
