@@ -61,6 +61,7 @@ from curation.core.runner import run  # noqa: E402
 from curation.core.schema import arrow_schema  # noqa: E402
 from curation.media.jpeg import encode_jpeg  # noqa: E402
 from curation.sources.edit_datasets import EditSourceRow  # noqa: E402
+from curation.sources.licences import UNKNOWN_LICENCE  # noqa: E402
 from curation.stages.ingest import IngestColumns  # noqa: E402
 
 # One fixed answer per judge; both score 8/10 overall, above the default threshold (6).
@@ -103,7 +104,7 @@ def write_pairs(directory: Path, count: int, size: tuple[int, int], per_fragment
             sample_id=f"e{i:06d}", parent_ids=[f"s{i:06d}"], kind="pair", edit_kind="pair", source_uri=uris[0],
             target_uri=uris[1], instruction=f"make object {i} red", category="color_texture", dataset="bench",
             num_frames=1, target_num_frames=1, width=width, height=height, target_width=width, target_height=height,
-            status="ok", stage="ingest", stage_version="1",
+            licence=UNKNOWN_LICENCE, status="ok", stage="ingest", stage_version="1",
         ))
     for start in range(0, count, per_fragment):
         table = pa.Table.from_pylist(rows[start:start + per_fragment], schema=schema)

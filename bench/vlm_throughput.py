@@ -119,9 +119,10 @@ def measure(in_flight: int, args: argparse.Namespace, inputs: str, count: int, o
     return {"steady": count / span, "stage": count / wall, "busy": busy, "peak": peak, "batch": batch}
 
 
-def direct(in_flight: int, args: argparse.Namespace, inputs: str) -> float:
+def direct(in_flight: int, args: argparse.Namespace, inputs: str) -> tuple[float, float]:
     """The same requests, byte for byte (annotate's prompt, the manifest's frames), through the
-    backend alone in this process: no Ray, no stage work beside it. The bare client's ceiling here."""
+    backend alone in this process: no Ray, no stage work beside it. The bare client's ceiling here:
+    (requests/s, CPU ms of this process per request)."""
     from curation.backends.vlm import VLMConfig, VLMRequest, make_vlm
     from curation.prompts.templates import load_template
 
@@ -133,10 +134,12 @@ def direct(in_flight: int, args: argparse.Namespace, inputs: str) -> float:
                         cache=False, max_retries=0, timeout_s=30)
         with make_vlm(cfg) as backend:
             backend.open()  # the client exists before the clock starts, as in a stage's setup()
+            cpu = time.process_time()
             replies = backend.generate_many(requests)
+            cpu = time.process_time() - cpu
         times = server.stop()
     assert all(getattr(r, "parsed", None) is not None for r in replies)
-    return len(requests) / server_rates(times, in_flight)[0]
+    return len(requests) / server_rates(times, in_flight)[0], 1000.0 * cpu / len(requests)
 
 
 def measure_all(in_flight: int, args: argparse.Namespace, work: Path) -> dict:
@@ -148,10 +151,10 @@ def measure_all(in_flight: int, args: argparse.Namespace, work: Path) -> dict:
     rounds = []
     for i in range(args.repeat):
         m = measure(in_flight, args, inputs, count, work / f"run-{in_flight}-{i}", workers)
-        m["direct"] = direct(in_flight, args, inputs)
+        m["direct"], m["client_ms"] = direct(in_flight, args, inputs)
         m["steady_direct"] = m["steady"] / m["direct"]
         rounds.append(m)
-    median = {k: float(np.median([m[k] for m in rounds])) for k in ("steady", "stage", "direct", "busy", "steady_direct")}
+    median = {k: float(np.median([m[k] for m in rounds])) for k in ("steady", "stage", "direct", "busy", "steady_direct", "client_ms")}
     return {**rounds[0], **median, "in_flight": in_flight, "annotations": count, "ideal": in_flight / args.latency,
             "peak": max(m["peak"] for m in rounds),
             "range": (min(m["steady_direct"] for m in rounds), max(m["steady_direct"] for m in rounds))}
@@ -235,14 +238,15 @@ def main() -> None:
     print(f"\nannotate through a {args.workers}-actor Ray pool, OpenAI-compatible loopback server at "
           f"{args.latency * 1000:.0f} ms/request, 2 frames of {w}x{h} per request, median of {args.repeat} round(s)")
     print(f"{'in_flight':>9} {'n':>6} {'ideal/s':>8} {'steady/s':>9} {'steady/ideal':>12} {'stage/s':>8} {'stage/ideal':>11} "
-          f"{'direct/s':>9} {'direct/ideal':>12} {'steady/direct':>13} {'range':>11} {'busy':>5} {'peak':>5}")
+          f"{'direct/s':>9} {'direct/ideal':>12} {'steady/direct':>13} {'range':>11} {'busy':>5} {'peak':>5} {'client_ms':>9}")
     for r in results:
         print(f"{r['in_flight']:>9} {r['annotations']:>6} {r['ideal']:>8.1f} {r['steady']:>9.1f} {r['steady'] / r['ideal']:>12.3f} "
               f"{r['stage']:>8.1f} {r['stage'] / r['ideal']:>11.3f} {r['direct']:>9.1f} {r['direct'] / r['ideal']:>12.3f} "
-              f"{r['steady_direct']:>13.3f} {'%.2f-%.2f' % r['range']:>11} {r['busy']:>5.2f} {r['peak']:>5}")
+              f"{r['steady_direct']:>13.3f} {'%.2f-%.2f' % r['range']:>11} {r['busy']:>5.2f} {r['peak']:>5} {r['client_ms']:>9.2f}")
     print("baselines: ideal = max_in_flight / latency; direct = the same requests through the backend alone, no Ray, "
           "no stage (the bare client's ceiling here), run right after each stage run")
-    print("busy = mean requests in flight at the server / max_in_flight; peak = most in flight at once")
+    print("busy = mean requests in flight at the server / max_in_flight; peak = most in flight at once; "
+          "client_ms = CPU ms per request of the direct run (the client's own cost)")
     print("goal: steady/ideal >= 0.90, or steady/direct >= 0.95 where direct/ideal < 0.90 (the client's CPU is the ceiling)")
     if args.rpm:
         rates = rate_limits(args.rpm, args.rpm_requests, args.image_size)

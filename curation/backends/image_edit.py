@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from curation.backends.budget import Budget
+from curation.backends.limits import Failure, parse_retry_after, status_failure
 from curation.backends.models import model_ref
 from curation.backends.transport import TransportConfig, transport_default
 from curation.backends.usage import VLMError, VLMUsage
@@ -144,13 +145,46 @@ class ImageEditor(VLMBackend):
         return Completion(raw, prompt_tokens, completion_tokens, usd=self.cfg.usd_per_image)
 
 
+def _sdk_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        message = body.get("message") or (body.get("error") or {}).get("message")
+        if message:
+            return str(message)
+    return str(getattr(exc, "message", "") or exc)
+
+
 class OpenAIImageEditor(ImageEditor, OpenAIVLM):
-    """`POST /images/edits` (multipart upload of the source image); GPT image models always
-    answer with `b64_json`. Errors are classified by `OpenAIVLM._classify`."""
+    """`POST /images/edits` (multipart upload of the source image) through the `openai` SDK, which
+    builds the multipart body; GPT image models always answer with `b64_json`. `GET /models`
+    (`--dry-run`'s probe) goes through the chat backend's client."""
 
     async def _open(self) -> None:
+        import openai
+
         await super()._open()
-        _ = self._client.images  # import the resource module now, not inside the first request
+        self._sdk = openai.AsyncOpenAI(
+            base_url=self._client.base_url,
+            api_key=self._api_key() or "EMPTY",
+            timeout=self.cfg.timeout_s,
+            max_retries=0,  # ours are the only retries, so they are counted and paced
+        )
+        _ = self._sdk.images  # import the resource module now, not inside the first request
+
+    async def _aclose(self) -> None:
+        await self._sdk.close()
+        await super()._aclose()
+
+    def _classify(self, exc: Exception) -> Failure | None:
+        import openai
+
+        if isinstance(exc, openai.APITimeoutError):
+            return Failure(f"vlm_timeout: no response within {self.cfg.timeout_s:g}s", retryable=True)
+        if isinstance(exc, openai.APIConnectionError):
+            return Failure(f"vlm_connection: {short(str(exc.__cause__ or exc))}", retryable=True)
+        if isinstance(exc, openai.APIStatusError):
+            return status_failure(exc.status_code, short(_sdk_message(exc)), parse_retry_after(exc.response.headers))
+        return super()._classify(exc)
 
     async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:
         image, *mask = images
@@ -158,7 +192,7 @@ class OpenAIImageEditor(ImageEditor, OpenAIVLM):
         options: dict[str, Any] = {"size": self.cfg.size} if self.cfg.size else {}
         if mask:
             options["mask"] = ("mask.png", mask[0], "image/png")
-        response = await self._client.images.edit(
+        response = await self._sdk.images.edit(
             model=self.cfg.model, image=(f"image.{mime.split('/')[1]}", image, mime), prompt=prompt, n=1, **options)
         return self._image_of(response)
 

@@ -177,7 +177,7 @@ class OpenAIImageGenerator(ImageGenerator, OpenAIImageEditor):
     async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:
         size, _seed = _SETTINGS.get()  # the images API takes no seed
         options: dict[str, Any] = {"size": size} if size else {}
-        response = await self._client.images.generate(model=self.cfg.model, prompt=prompt, n=1, **options)
+        response = await self._sdk.images.generate(model=self.cfg.model, prompt=prompt, n=1, **options)
         return self._image_of(response)
 
 

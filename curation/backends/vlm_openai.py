@@ -7,25 +7,17 @@ every reply is validated against the pydantic model afterwards.
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 from typing import Any
 
+import pybase64
 from pydantic import BaseModel
 
-from curation.backends.limits import Failure, parse_retry_after, status_failure
+from curation.backends.chat_http import ChatEndpoint, classify
+from curation.backends.limits import Failure
 from curation.backends.usage import VLMError
-from curation.backends.vlm_base import Completion, EmptyResponse, VLMBackend, image_mime, json_schema_of, short
-
-
-def _error_message(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        message = body.get("message") or (body.get("error") or {}).get("message")
-        if message:
-            return str(message)
-    return str(getattr(exc, "message", "") or exc)
+from curation.backends.vlm_base import Completion, EmptyResponse, VLMBackend, image_mime, json_schema_of
 
 
 @functools.lru_cache(maxsize=64)
@@ -59,42 +51,39 @@ def chat_body(model: str, prompt: str, images: list[bytes], schema: type[BaseMod
     Built here rather than by the SDK's `create`, which walks every message
     through its TypedDict transform and JSON-encodes the whole body again: with two 1024 px frames
     (~430 KB of base64) that was a third of the client's CPU per request. Base64 needs no JSON
-    escaping, so the image parts are joined in as bytes."""
-    text = json.dumps({"type": "text", "text": prompt}, separators=(",", ":")).encode()
-    parts = []
-    for img in images:
-        url = b"data:" + image_mime(img).encode() + b";base64," + base64.b64encode(img)
-        parts.append(b'{"type":"image_url","image_url":{"url":"' + url + b'"}}')
-    parts = [*parts, text] if images_first else [text, *parts]
+    escaping, so the image parts are joined in as bytes; pybase64 encodes them (SIMD: 0.01 ms for a
+    160 KB frame where the standard library takes 0.16 ms, on the loop thread that sends everything)."""
+    text = [json.dumps({"type": "text", "text": prompt}, separators=(",", ":")).encode()]
+    # One flat list of pieces and one join: each frame's base64 is copied once into the body.
+    image_parts = [[b'{"type":"image_url","image_url":{"url":"data:', image_mime(img).encode(), b";base64,",
+                    pybase64.b64encode(img), b'"}}'] for img in images]
+    parts = [*image_parts, text] if images_first else [text, *image_parts]
     head = _body_head(model, schema, temperature, max_tokens, json.dumps(options or {}, sort_keys=True))
-    return b"".join([head, b',"messages":[{"role":"user","content":[', b",".join(parts), b"]}]}"])
+    pieces = [head, b',"messages":[{"role":"user","content":[']
+    for i, part in enumerate(parts):
+        pieces.extend([b","] * bool(i) + part)
+    pieces.append(b"]}]}")
+    return b"".join(pieces)
 
 
 class OpenAIVLM(VLMBackend):
     backend = "openai"
 
     async def _open(self) -> None:
-        self._client = self._make_client(self.cfg.base_url)
+        self._client = self._endpoint(self.cfg.base_url)
 
-    def _make_client(self, base_url: str | None) -> Any:
-        import openai
-
-        client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=self._api_key() or "EMPTY",  # keyless servers (vLLM, SGLang; pricing self_hosted) accept anything
-            timeout=self.cfg.timeout_s,
-            max_retries=0,  # ours are the only retries, so they are counted and paced
-        )
-        # Import the resource modules now, not inside the first rate-limited request.
-        _ = client.chat.completions
-        return client
+    def _endpoint(self, base_url: str | None) -> ChatEndpoint:
+        """A client for one server, holding up to max_in_flight connections (`chat_http.py` says why
+        not the SDK)."""
+        return ChatEndpoint(base_url, self._api_key(), self.cfg.timeout_s, self._max_in_flight())
 
     async def _aclose(self) -> None:
         await self._client.close()
 
     async def _probe(self) -> str:
         """`GET /models`: the endpoint answers, accepts the key, and lists the model."""
-        served = [m.id async for m in self._client.models.list()]
+        listed = (await self._client.get("/models")).get("data") or []
+        served = [str(m.get("id")) for m in listed if isinstance(m, dict)]
         if served and self.cfg.model not in served:
             shown = ", ".join(served[:5]) + (" ..." if len(served) > 5 else "")
             raise VLMError(f"model_not_served: {self.cfg.model} is not among the {len(served)} models it serves ({shown})")
@@ -103,31 +92,26 @@ class OpenAIVLM(VLMBackend):
     async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:
         return await self._complete(self._client, prompt, images, schema, images_first)
 
-    async def _complete(self, client: Any, prompt: str, images: list[bytes], schema: type[BaseModel],
+    async def _complete(self, client: ChatEndpoint, prompt: str, images: list[bytes], schema: type[BaseModel],
                         images_first: bool = False) -> Completion:
         """One chat completion through `client` (a subclass may spread calls over several)."""
-        from openai.types.chat import ChatCompletion
-
         body = chat_body(self.cfg.model, prompt, images, schema, self.cfg.temperature, self.cfg.max_tokens,
                          self.cfg.sampling_options(), images_first)
-        response = await client.post("/chat/completions", cast_to=ChatCompletion, content=body)
-        usage = response.usage
-        prompt_tokens = (usage.prompt_tokens or 0) if usage else 0
-        completion_tokens = (usage.completion_tokens or 0) if usage else 0
-        details = usage.completion_tokens_details if usage else None
-        reasoning_tokens = (details.reasoning_tokens or 0) if details else 0  # already in completion_tokens
-        if not response.choices:
-            raise EmptyResponse("the response has no choices", prompt_tokens, completion_tokens)
-        return Completion(response.choices[0].message.content or "", prompt_tokens, completion_tokens,
-                          thinking_tokens=reasoning_tokens)
+        return completion_of(await client.post("/chat/completions", body))
 
     def _classify(self, exc: Exception) -> Failure | None:
-        import openai
+        return classify(exc)
 
-        if isinstance(exc, openai.APITimeoutError):
-            return Failure(f"vlm_timeout: no response within {self.cfg.timeout_s:g}s", retryable=True)
-        if isinstance(exc, openai.APIConnectionError):
-            return Failure(f"vlm_connection: {short(str(exc.__cause__ or exc))}", retryable=True)
-        if isinstance(exc, openai.APIStatusError):
-            return status_failure(exc.status_code, short(_error_message(exc)), parse_retry_after(exc.response.headers))
-        return None
+
+def completion_of(response: dict[str, Any]) -> Completion:
+    """The answer text and token counts of a chat-completions response body. Reasoning tokens are
+    already part of `completion_tokens`; they are reported apart as thinking."""
+    usage = response.get("usage") or {}
+    prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    completion_tokens = int(usage.get("completion_tokens") or 0)
+    reasoning_tokens = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+    choices = response.get("choices") or []
+    if not choices:
+        raise EmptyResponse("the response has no choices", prompt_tokens, completion_tokens)
+    message = choices[0].get("message") or {}
+    return Completion(message.get("content") or "", prompt_tokens, completion_tokens, thinking_tokens=reasoning_tokens)

@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import BaseModel
 
+from curation.backends.chat_http import ChatEndpoint, server_gone
 from curation.backends.usage import VLMError
 from curation.backends.vllm_server import VLLMServerConfig
 from curation.backends.vlm_base import Completion
@@ -34,7 +34,7 @@ class Endpoint:
     """One server as this worker sees it."""
 
     url: str  # http://host:port/v1
-    client: Any  # openai.AsyncOpenAI bound to `url`
+    client: ChatEndpoint  # bound to `url`
     in_flight: int = 0
     answered: int = 0
     down: bool = False  # its connection failed; back once /health answers
@@ -51,7 +51,7 @@ class VLLMVLM(OpenAIVLM):
         if not server.urls:
             raise VLMError("vlm_setup: no vLLM server to send to: vlm.server.urls is empty (the run fills it in when "
                            "the stage starts its servers; with vlm.server.replicas=0 list running ones)")
-        self._endpoints = [Endpoint(url, self._make_client(url)) for url in server.urls]
+        self._endpoints = [Endpoint(url, self._endpoint(url)) for url in server.urls]
         self._wait_s = server.start_timeout_s
         self._turn = 0
         self._probe_client = httpx.AsyncClient(timeout=2.0)
@@ -73,14 +73,12 @@ class VLLMVLM(OpenAIVLM):
         return {e.url: e.answered for e in self._endpoints}
 
     async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:
-        import openai
-
         endpoint = await self._pick()
         endpoint.in_flight += 1
         try:
             done = await asyncio.wait_for(self._complete(endpoint.client, prompt, images, schema, images_first), self.cfg.timeout_s + 5.0)
-        except openai.APIConnectionError as e:
-            if not isinstance(e, openai.APITimeoutError):  # a busy server is slow, not gone
+        except Exception as e:
+            if server_gone(e):  # a busy server is slow (a timeout), not gone
                 endpoint.down = True
             raise
         finally:

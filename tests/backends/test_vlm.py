@@ -1,5 +1,5 @@
-"""The OpenAI and Gemini VLM backends against loopback servers speaking each API: the real SDKs
-over real HTTP, with scripted answers and failures."""
+"""The OpenAI and Gemini VLM backends against loopback servers speaking each API: the real clients
+(aiohttp for OpenAI-compatible chat, google-genai) over real HTTP, with scripted answers and failures."""
 
 from __future__ import annotations
 
