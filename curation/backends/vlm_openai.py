@@ -11,7 +11,6 @@ import functools
 import json
 from typing import Any
 
-import pybase64
 from pydantic import BaseModel
 
 from curation.backends.chat_http import ChatEndpoint, classify
@@ -53,6 +52,8 @@ def chat_body(model: str, prompt: str, images: list[bytes], schema: type[BaseMod
     (~430 KB of base64) that was a third of the client's CPU per request. Base64 needs no JSON
     escaping, so the image parts are joined in as bytes; pybase64 encodes them (SIMD: 0.01 ms for a
     160 KB frame where the standard library takes 0.16 ms, on the loop thread that sends everything)."""
+    import pybase64  # here, not at the top: importing the VLM backends must not need it (bench/gpu_check.py)
+
     text = [json.dumps({"type": "text", "text": prompt}, separators=(",", ":")).encode()]
     # One flat list of pieces and one join: each frame's base64 is copied once into the body.
     image_parts = [[b'{"type":"image_url","image_url":{"url":"data:', image_mime(img).encode(), b";base64,",
