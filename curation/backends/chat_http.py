@@ -113,6 +113,16 @@ class ChatEndpoint:
         async with self._session.get(self._url(path)) as response:
             return self._read(response, await response.read())
 
+    async def answers(self, url: str, timeout_s: float) -> bool:
+        """Whether a GET of `url` (on this server: its `/health`) answers 200 within `timeout_s`."""
+        import aiohttp
+
+        try:
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
     @staticmethod
     def _read(response: Any, payload: bytes) -> dict[str, Any]:
         if response.status >= 400:

@@ -557,7 +557,7 @@ class VLMBackend(ABC):
             failure = Failure(f"vlm_error: {type(exc).__name__}: {short(str(exc))}", retryable=False)
         return failure
 
-    def _cache_lookup(self, req: VLMRequest) -> tuple[str, dict[str, Any] | None]:
+    def _cache_lookup(self, cache: VLMCache, req: VLMRequest) -> tuple[str, dict[str, Any] | None]:
         """(the request's cache key, its stored answer or None); blocking: run off the loop."""
         cfg = self.cfg
         temperature, max_tokens = self._sampling()
@@ -568,8 +568,7 @@ class VLMBackend(ABC):
             salt=req.cache_salt + ("|images_first" if req.images_first else ""),
             options=self._sampling_options(),
         )
-        assert self.cache is not None
-        return key, self.cache.get(key)
+        return key, cache.get(key)
 
     async def _one(self, req: VLMRequest) -> VLMReply:
         cfg = self.cfg
@@ -578,7 +577,7 @@ class VLMBackend(ABC):
         if self.cache is not None:
             # Hashing the images (0.2 ms for two 1024 px frames, without the GIL) happens beside
             # the lookup, off the loop that sends every request.
-            key, entry = await asyncio.to_thread(self._cache_lookup, req)
+            key, entry = await asyncio.to_thread(self._cache_lookup, self.cache, req)
             if entry is not None:
                 parsed, error = parse_reply(req.schema, entry["raw"], req.json_in_text)
                 return VLMReply(parsed, entry["raw"], VLMUsage(cache_hits=1), error)

@@ -45,8 +45,6 @@ class VLLMVLM(OpenAIVLM):
     backend = "vllm"
 
     async def _open(self) -> None:
-        import httpx
-
         server = self.cfg.server or VLLMServerConfig()
         if not server.urls:
             raise VLMError("vlm_setup: no vLLM server to send to: vlm.server.urls is empty (the run fills it in when "
@@ -54,7 +52,6 @@ class VLLMVLM(OpenAIVLM):
         self._endpoints = [Endpoint(url, self._endpoint(url)) for url in server.urls]
         self._wait_s = server.start_timeout_s
         self._turn = 0
-        self._probe_client = httpx.AsyncClient(timeout=2.0)
         self._probing: asyncio.Task | None = None
 
     async def _aclose(self) -> None:
@@ -62,7 +59,6 @@ class VLLMVLM(OpenAIVLM):
             self._probing.cancel()
         for endpoint in self._endpoints:
             await endpoint.client.close()
-        await self._probe_client.aclose()
 
     def _call_timeout_s(self) -> float | None:
         # `_call` bounds the HTTP exchange itself; waiting for a restarting server is bounded apart.
@@ -113,10 +109,4 @@ class VLLMVLM(OpenAIVLM):
             endpoint.down = not healthy
 
     async def _healthy(self, endpoint: Endpoint) -> bool:
-        import httpx
-
-        try:
-            response = await self._probe_client.get(endpoint.url.removesuffix("/v1") + "/health")
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await endpoint.client.answers(endpoint.url.removesuffix("/v1") + "/health", timeout_s=2.0)
