@@ -67,6 +67,7 @@ def main() -> None:
         # read each input fragment, run the stage on its ok rows, write the output fragment.
         stage = build_stage(args.stage, cfg)
         loop_dir = work / "loop"
+        stage.bind_run(str(work), str(loop_dir))  # as the runner does: media stored once, rows hold references
         t0 = time.perf_counter()
         stage.ensure_setup()
         for uri in inputs:
@@ -78,8 +79,10 @@ def main() -> None:
         # (b) the runner: Ray Data, 1-worker actor pool, fragments written atomically
         out_dir = str(work / "ours")
         fragments, _ = plan_fragments(inputs, out_dir, retry_errors=False)
+        ours_stage = build_stage(args.stage, cfg)
+        ours_stage.bind_run(str(work), out_dir)
         t0 = time.perf_counter()
-        processed = run_map_stage(build_stage(args.stage, cfg), fragments, progress=False)
+        processed = run_map_stage(ours_stage, fragments, progress=False)
         ours = time.perf_counter() - t0
         assert processed == rows, (processed, rows)
 
