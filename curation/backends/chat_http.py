@@ -18,6 +18,7 @@ Failures are classified by `classify`, with the same reasons the stage summaries
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any
@@ -42,19 +43,24 @@ class BadResponse(Exception):
     """A 2xx response whose body is not a JSON object (a proxy's HTML page, a truncated answer)."""
 
 
+def error_message(body: Any) -> str | None:
+    """The message of an API error body, `{"error": {"message": ...}}` or `{"message": ...}` (the
+    SDK's exceptions carry either as `.body`); None when it holds none."""
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    message = body.get("message") or (error.get("message") if isinstance(error, dict) else error)
+    return str(message) if message else None
+
+
 def _server_message(payload: bytes, fallback: str) -> str:
-    """The `error.message` (or `message`) of an error body, else its text, else the status reason."""
+    """An error response's message, else its text, else the status reason."""
     try:
         body = json.loads(payload)
     except ValueError:
         text = payload.decode("utf-8", "replace").strip()
         return short(text) if text else fallback
-    if isinstance(body, dict):
-        error = body.get("error")
-        message = body.get("message") or (error.get("message") if isinstance(error, dict) else error)
-        if message:
-            return short(str(message))
-    return short(json.dumps(body))
+    return short(error_message(body) or json.dumps(body))
 
 
 def env_proxy(url: str) -> str | None:
@@ -120,7 +126,7 @@ class ChatEndpoint:
         try:
             async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
                 return response.status == 200
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
 
     @staticmethod
@@ -151,10 +157,8 @@ def classify(exc: Exception) -> Failure | None:
         return status_failure(exc.status, exc.message, exc.retry_after_s)
     if isinstance(exc, BadResponse):
         return Failure(f"vlm_bad_response: {short(str(exc))}", retryable=True)
-    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+    if isinstance(exc, aiohttp.ClientError):  # refused, dropped, truncated or malformed: worth another try
         return Failure(f"vlm_connection: {short(str(exc) or type(exc).__name__)}", retryable=True)
-    if isinstance(exc, aiohttp.ClientError):  # malformed response head and the like: the server's or a proxy's fault
-        return Failure(f"vlm_connection: {type(exc).__name__}: {short(str(exc))}", retryable=True)
     return None
 
 
@@ -163,4 +167,5 @@ def server_gone(exc: Exception) -> bool:
     opposed to being slow (a timeout) or answering with an error."""
     import aiohttp
 
-    return isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, TimeoutError)
+    # asyncio.TimeoutError, not the builtin: they are one class only from Python 3.11.
+    return isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, asyncio.TimeoutError)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from curation.backends.budget import Budget
+from curation.backends.chat_http import error_message
 from curation.backends.limits import Failure, parse_retry_after, status_failure
 from curation.backends.models import model_ref
 from curation.backends.transport import TransportConfig, transport_default
@@ -145,15 +146,6 @@ class ImageEditor(VLMBackend):
         return Completion(raw, prompt_tokens, completion_tokens, usd=self.cfg.usd_per_image)
 
 
-def _sdk_message(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict):
-        message = body.get("message") or (body.get("error") or {}).get("message")
-        if message:
-            return str(message)
-    return str(getattr(exc, "message", "") or exc)
-
-
 class OpenAIImageEditor(ImageEditor, OpenAIVLM):
     """`POST /images/edits` (multipart upload of the source image) through the `openai` SDK, which
     builds the multipart body; GPT image models always answer with `b64_json`. `GET /models`
@@ -183,7 +175,8 @@ class OpenAIImageEditor(ImageEditor, OpenAIVLM):
         if isinstance(exc, openai.APIConnectionError):
             return Failure(f"vlm_connection: {short(str(exc.__cause__ or exc))}", retryable=True)
         if isinstance(exc, openai.APIStatusError):
-            return status_failure(exc.status_code, short(_sdk_message(exc)), parse_retry_after(exc.response.headers))
+            message = error_message(getattr(exc, "body", None)) or str(getattr(exc, "message", "") or exc)
+            return status_failure(exc.status_code, short(message), parse_retry_after(exc.response.headers))
         return super()._classify(exc)
 
     async def _call(self, prompt: str, images: list[bytes], schema: type[BaseModel], images_first: bool = False) -> Completion:

@@ -62,7 +62,9 @@ def chat_body(model: str, prompt: str, images: list[bytes], schema: type[BaseMod
     head = _body_head(model, schema, temperature, max_tokens, json.dumps(options or {}, sort_keys=True))
     pieces = [head, b',"messages":[{"role":"user","content":[']
     for i, part in enumerate(parts):
-        pieces.extend([b","] * bool(i) + part)
+        if i:
+            pieces.append(b",")
+        pieces.extend(part)
     pieces.append(b"]}]}")
     return b"".join(pieces)
 
